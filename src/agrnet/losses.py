@@ -1,0 +1,170 @@
+"""The AGRNet training objective (paper Eq. 8-11, resolved as in DESIGN-NOTES §7).
+
+Each loss is a standalone module; ``AGRNetLoss`` combines them and returns a dict of named terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agrnet.edges import IGNORE_INDEX, label_edges
+from agrnet.modeling.agrnet import AGRNetOutput
+
+
+def _upsample(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    if logits.shape[-2:] == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class BalancedEdgeLoss(nn.Module):
+    """Two-class CE on edge logits, weighted per batch: edge pixels by n_nonedge/n, others by n_edge/n.
+
+    A batch with no edge (or only edges) falls back to equal weights instead of dividing by zero.
+    edge_logits (N, 2, h, w), edges (N, H, W) bool -> scalar.
+    """
+
+    def forward(self, edge_logits: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        target = edges.long()
+        per_pixel = F.cross_entropy(
+            _upsample(edge_logits, edges.shape[-2:]).float(), target, reduction="none"
+        )
+        frac_edge = edges.float().mean()
+        degenerate = (frac_edge == 0) | (frac_edge == 1)
+        w_edge = torch.where(degenerate, torch.full_like(frac_edge, 0.5), 1 - frac_edge)
+        weights = torch.where(edges, w_edge, 1 - w_edge)
+        return (weights * per_pixel).sum() / weights.sum()
+
+
+class BoundaryAttentionLoss(nn.Module):
+    """CE of the final prediction at GT edge pixels only (Eq. 8), per image divided by
+    (#edge pixels + 1), then averaged over the batch. Ignored pixels contribute 0.
+
+    logits (N, Nc, H, W), labels (N, H, W), edges (N, H, W) bool -> scalar.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        per_pixel = F.cross_entropy(
+            _upsample(logits, labels.shape[-2:]).float(),
+            labels,
+            ignore_index=self.ignore_index,
+            reduction="none",
+        )
+        mask = edges.float()
+        per_image = (per_pixel * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) + 1)
+        return per_image.mean()
+
+
+class DiscriminativeLoss(nn.Module):
+    """Push vertices apart (Eq. 9-10): mean over ordered pairs i != j of relu(margin - ||x_i - x_j||)^2.
+
+    variant "paper": L2-normalised vertices, margin delta, all V vertices.
+    variant "code": the reference code: raw features, margin 2*delta, only the first ``num_classes``
+    vertices (a bug there, kept for reproduction).
+    vertices (N, V, C) -> scalar.
+    """
+
+    def __init__(self, delta: float = 1.0, variant: Literal["paper", "code"] = "paper", num_classes: int = 0):
+        super().__init__()
+        if variant not in ("paper", "code"):
+            raise ValueError(f"variant must be 'paper' or 'code', got {variant!r}")
+        self.delta, self.variant, self.num_classes = delta, variant, num_classes
+
+    def forward(self, vertices: torch.Tensor) -> torch.Tensor:
+        x = vertices.float()
+        margin = self.delta
+        if self.variant == "paper":
+            x = F.normalize(x, dim=-1)
+        else:
+            x = x[:, : self.num_classes]
+            margin = 2 * self.delta
+        v = x.shape[1]
+        if v < 2:
+            return x.sum() * 0
+        squared = (x.unsqueeze(2) - x.unsqueeze(1)).pow(2).sum(-1)
+        # Clamped before sqrt: duplicate vertices (d = 0) would otherwise give an infinite gradient.
+        distance = squared.clamp_min(1e-12).sqrt()
+        penalty = F.relu(margin - distance).pow(2)
+        off_diagonal = ~torch.eye(v, dtype=torch.bool, device=x.device)
+        return (penalty * off_diagonal).sum((1, 2)).mean() / (v * (v - 1))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """lambda_1..lambda_5 of Eq. 11 (paper values)."""
+
+    raw: float = 1.0
+    edge: float = 1.0
+    boundary: float = 1.0
+    final: float = 0.5
+    discriminative: float = 0.1
+
+
+class AGRNetLoss(nn.Module):
+    """Weighted sum of the terms the model's output supports.
+
+    Terms: ``final`` (CE), ``raw`` (CE on Z0), ``edge`` (balanced edge CE), ``boundary`` (BA loss),
+    ``discriminative`` (on X_G), plus ``total``. A term whose output is absent (e.g. the baseline
+    has no Z0) or whose weight is 0 is left out. Every prediction is upsampled to the label size.
+    """
+
+    def __init__(
+        self,
+        weights: LossWeights = LossWeights(),
+        ignore_index: int = IGNORE_INDEX,
+        dis_delta: float = 1.0,
+        dis_variant: Literal["paper", "code"] = "paper",
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.weights = weights
+        self.ignore_index = ignore_index
+        self.edge_loss = BalancedEdgeLoss()
+        self.boundary_loss = BoundaryAttentionLoss(ignore_index)
+        self.discriminative_loss = DiscriminativeLoss(dis_delta, dis_variant, num_classes)
+
+    def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            _upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=self.ignore_index
+        )
+
+    def forward(
+        self, output: AGRNetOutput, labels: torch.Tensor, edges: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """labels (N, H, W) int64 with ``ignore_index``; edges (N, H, W) bool, computed from labels
+        when None (pass them from the data loader to keep that off the accelerator)."""
+        w = self.weights
+        if edges is None and (w.edge or w.boundary):
+            edges = label_edges(labels, self.ignore_index)
+        terms: dict[str, torch.Tensor] = {}
+        weighted: list[torch.Tensor] = []
+
+        def add(name: str, weight: float, value: torch.Tensor) -> None:
+            terms[name] = value
+            weighted.append(weight * value)
+
+        if w.final:
+            add("final", w.final, self._ce(output.logits, labels))
+        if w.raw and output.raw_logits is not None:
+            add("raw", w.raw, self._ce(output.raw_logits, labels))
+        if w.edge and output.edge_logits is not None:
+            assert edges is not None
+            add("edge", w.edge, self.edge_loss(output.edge_logits, edges))
+        if w.boundary:
+            assert edges is not None
+            add("boundary", w.boundary, self.boundary_loss(output.logits, labels, edges))
+        if w.discriminative and output.vertices is not None:
+            add("discriminative", w.discriminative, self.discriminative_loss(output.vertices))
+        if not weighted:
+            raise ValueError("every loss weight is 0 or its output is missing: nothing to train")
+        terms["total"] = torch.stack(weighted).sum()
+        return terms

@@ -1,0 +1,1 @@
+"""Model parts; see ``agrnet.build`` for how they are assembled."""

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agrnet.edges import label_edges
+from agrnet.losses import (
+    AGRNetLoss,
+    BalancedEdgeLoss,
+    BoundaryAttentionLoss,
+    DiscriminativeLoss,
+    LossWeights,
+)
+from agrnet.modeling.agrnet import AGRNetOutput
+
+
+def test_label_edges_on_hand_drawn_map() -> None:
+    labels = torch.tensor(
+        [
+            [0, 0, 0, 0, 255],
+            [0, 1, 1, 0, 255],
+            [0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0],
+        ]
+    )
+    expected = torch.tensor(
+        [
+            [0, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 0],
+            [0, 1, 1, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(label_edges(labels), expected)
+    # Batched input gives the same per image, and a uniform map has no edge.
+    assert torch.equal(label_edges(labels[None].repeat(2, 1, 1))[1], expected)
+    assert not label_edges(torch.full((3, 3), 4)).any()
+
+
+def test_balanced_edge_loss_by_hand() -> None:
+    # Three pixels: one edge with p(edge)=3/4, two non-edges with p(edge)=1/2 and 1/5.
+    logits = torch.tensor([[0.0, math.log(3)], [0.0, 0.0], [math.log(4), 0.0]]).T.reshape(1, 2, 1, 3)
+    edges = torch.tensor([[[True, False, False]]])
+    ce = [-math.log(3 / 4), -math.log(1 / 2), -math.log(4 / 5)]
+    w_edge, w_non = 2 / 3, 1 / 3  # n_nonedge/n and n_edge/n
+    expected = (w_edge * ce[0] + w_non * ce[1] + w_non * ce[2]) / (w_edge + 2 * w_non)
+    assert BalancedEdgeLoss()(logits, edges).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_balanced_edge_loss_without_edges_is_finite() -> None:
+    loss = BalancedEdgeLoss()(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool))
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_boundary_attention_loss_by_hand() -> None:
+    # Two images of 1x3 pixels, 2 classes. Image 0: edges at pixels 0, 1 (pixel 1 ignored).
+    logits = torch.zeros(2, 2, 1, 3)
+    logits[0, 1, 0, 0] = math.log(3)  # pixel (0,0): p(class 1) = 3/4
+    labels = torch.tensor([[[1, 255, 0]], [[0, 0, 1]]])
+    edges = torch.tensor([[[True, True, False]], [[False, True, True]]])
+    image0 = -math.log(3 / 4) / (2 + 1)  # the ignored edge pixel adds 0 but counts in the denominator
+    image1 = 2 * math.log(2) / (2 + 1)
+    got = BoundaryAttentionLoss()(logits, labels, edges).item()
+    assert got == pytest.approx((image0 + image1) / 2, rel=1e-6)
+
+
+def test_discriminative_loss_by_hand() -> None:
+    angle = math.radians(30)
+    # Scaled vectors: the paper variant normalises them first.
+    vertices = torch.tensor([[[2.0, 0.0], [3 * math.cos(angle), 3 * math.sin(angle)], [0.0, -5.0]]])
+    d01 = 2 * math.sin(angle / 2)  # chord between unit vectors 30 degrees apart
+    # Pairs (0,2) and (1,2) are >= 1 apart: no penalty. Ordered pairs: 3 * 2 = 6.
+    expected = 2 * (1 - d01) ** 2 / 6
+    assert DiscriminativeLoss()(vertices).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_discriminative_loss_code_variant_uses_raw_first_vertices_and_margin_two() -> None:
+    vertices = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])
+    # Only the first 2 vertices, distance 1, margin 2: (2 - 1)^2 for both orders, mean over 2 pairs.
+    assert DiscriminativeLoss(variant="code", num_classes=2)(vertices).item() == pytest.approx(1.0)
+
+
+def test_discriminative_loss_duplicate_vertices_have_finite_gradient() -> None:
+    vertices = torch.ones(1, 4, 3, requires_grad=True)
+    DiscriminativeLoss()(vertices).backward()
+    assert torch.isfinite(vertices.grad).all()
+
+
+def test_total_loss_weights_and_upsampling() -> None:
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    out = AGRNetOutput(
+        logits=torch.randn(2, 3, 8, 8),
+        raw_logits=torch.randn(2, 3, 4, 4),
+        edge_logits=torch.randn(2, 2, 4, 4),
+        vertices=torch.randn(2, 6, 5),
+    )
+    terms = AGRNetLoss()(out, labels)
+    assert set(terms) == {"final", "raw", "edge", "boundary", "discriminative", "total"}
+    w = LossWeights()
+    expected = (
+        w.raw * terms["raw"]
+        + w.edge * terms["edge"]
+        + w.boundary * terms["boundary"]
+        + w.final * terms["final"]
+        + w.discriminative * terms["discriminative"]
+    )
+    torch.testing.assert_close(terms["total"], expected)
+    up = torch.nn.functional.interpolate(out.raw_logits, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(terms["raw"], torch.nn.functional.cross_entropy(up, labels))
+    # The baseline output has only final logits: only final and boundary terms remain.
+    baseline = AGRNetLoss()(AGRNetOutput(logits=out.logits), labels)
+    assert set(baseline) == {"final", "boundary", "total"}
+    with pytest.raises(ValueError, match="nothing to train"):
+        AGRNetLoss(LossWeights(0, 0, 0, 0, 0))(out, labels)
