@@ -31,9 +31,7 @@ class BalancedEdgeLoss(nn.Module):
 
     def forward(self, edge_logits: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         target = edges.long()
-        per_pixel = F.cross_entropy(
-            _upsample(edge_logits, edges.shape[-2:]).float(), target, reduction="none"
-        )
+        per_pixel = F.cross_entropy(_upsample(edge_logits, edges.shape[-2:]).float(), target, reduction="none")
         frac_edge = edges.float().mean()
         degenerate = (frac_edge == 0) | (frac_edge == 1)
         w_edge = torch.where(degenerate, torch.full_like(frac_edge, 0.5), 1 - frac_edge)
@@ -133,9 +131,7 @@ class AGRNetLoss(nn.Module):
         self.discriminative_loss = DiscriminativeLoss(dis_delta, dis_variant, num_classes)
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            _upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=self.ignore_index
-        )
+        return F.cross_entropy(_upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=self.ignore_index)
 
     def forward(
         self, output: AGRNetOutput, labels: torch.Tensor, edges: torch.Tensor | None = None

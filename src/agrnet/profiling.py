@@ -24,9 +24,7 @@ PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def profile_model(
-    model: AGRNet, image_size: tuple[int, int], batch_size: int = 1
-) -> dict[str, dict[str, float]]:
+def profile_model(model: AGRNet, image_size: tuple[int, int], batch_size: int = 1) -> dict[str, dict[str, float]]:
     """Count per part on one forward pass at ``image_size`` (H, W), batch ``batch_size``.
 
     Returns {part: {"params": count, "flops": count, "macs": count}} with a "total" row. Runs on the
@@ -59,7 +57,5 @@ def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"{'part':<12}{'params (M)':>12}{'GFLOPs':>12}{'GMACs':>12}")
     for part, row in table.items():
-        lines.append(
-            f"{part:<12}{row['params'] / 1e6:>12.3f}{row['flops'] / 1e9:>12.3f}{row['macs'] / 1e9:>12.3f}"
-        )
+        lines.append(f"{part:<12}{row['params'] / 1e6:>12.3f}{row['flops'] / 1e9:>12.3f}{row['macs'] / 1e9:>12.3f}")
     return "\n".join(lines)

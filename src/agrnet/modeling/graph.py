@@ -19,9 +19,7 @@ class Fusion(nn.Module):
     low (N, low_channels, H1, W1), context (N, context_channels, H2, W2) -> X0 (N, channels, H1, W1).
     """
 
-    def __init__(
-        self, low_channels: int, context_channels: int, channels: int = 256, low_reduced: int = 48
-    ) -> None:
+    def __init__(self, low_channels: int, context_channels: int, channels: int = 256, low_reduced: int = 48) -> None:
         super().__init__()
         self.reduce_context = ConvBNAct(context_channels, channels)
         self.reduce_low = ConvBNAct(low_channels, low_reduced)
@@ -88,9 +86,7 @@ class SpatialProjection(nn.Module):
         self.grid, self.keep = grid, keep
         self.num_vertices = keep * keep
 
-    def forward(
-        self, features: torch.Tensor, raw_logits: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, None]:
+    def forward(self, features: torch.Tensor, raw_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         pooled = F.adaptive_avg_pool2d(features, self.grid)
         margin = (self.grid - self.keep) // 2
         centre = pooled[:, :, margin : margin + self.keep, margin : margin + self.keep]

@@ -1,0 +1,1 @@
+"""Datasets, label specifications, transforms and the synthetic face generator."""

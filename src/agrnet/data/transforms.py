@@ -1,0 +1,123 @@
+"""Geometry and normalisation shared by training, evaluation and inference.
+
+Every image reaches the network through one affine map: letterbox (aspect kept, centred, image pad 0,
+label pad 255), optionally scaled and rotated about the centre for training augmentation. Evaluation
+and inference use the same map without augmentation and invert it exactly (``unletterbox``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+
+AugmentMode = Literal["paper", "code", "none"]
+
+
+def letterbox_matrix(height: int, width: int, size: int, scale: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """2x3 affine from source pixel coordinates to a ``size`` x ``size`` canvas.
+
+    The image is fitted inside the canvas (longest side = size at scale 1), centred, then scaled by
+    ``scale`` and rotated by ``angle`` degrees (counter-clockwise) about the canvas centre.
+    Pixel centres map to pixel centres: source index x -> r * (x - (w - 1) / 2) + (size - 1) / 2.
+    """
+    r = size / max(height, width) * scale
+    theta = np.deg2rad(angle)
+    cos, sin = np.cos(theta) * r, np.sin(theta) * r
+    linear = np.array([[cos, sin], [-sin, cos]])
+    source_centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    canvas_centre = np.array([(size - 1) / 2, (size - 1) / 2])
+    return np.hstack([linear, (canvas_centre - linear @ source_centre)[:, None]])
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation. ``mode="paper"``: scale U(0.75, 1.25), rotation U(-30, 30) degrees.
+    ``"code"``: the reference code's scale clip(N(1, 0.25), 0.75, 1.25) and, with probability 0.6,
+    rotation clip(N(0, 30), -60, 60). ``flip``: horizontal mirror with probability 0.5, swapping
+    left/right labels (off by default, as in the paper)."""
+
+    mode: AugmentMode = "paper"
+    flip: bool = False
+
+    def sample(self, rng: np.random.Generator) -> tuple[float, float, bool]:
+        """-> (scale, angle in degrees, flip)."""
+        if self.mode == "paper":
+            scale, angle = rng.uniform(0.75, 1.25), rng.uniform(-30, 30)
+        elif self.mode == "code":
+            scale = float(np.clip(rng.normal(1, 0.25), 0.75, 1.25))
+            angle = float(np.clip(rng.normal(0, 30), -60, 60)) if rng.random() < 0.6 else 0.0
+        elif self.mode == "none":
+            scale, angle = 1.0, 0.0
+        else:
+            raise ValueError(f"augmentation mode must be 'paper', 'code' or 'none', got {self.mode!r}")
+        return float(scale), float(angle), bool(self.flip and rng.random() < 0.5)
+
+
+def warp_pair(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    size: int,
+    scale: float = 1.0,
+    angle: float = 0.0,
+    flip_lut: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Warp an (H, W, 3) uint8 image and its (H, W) uint8 labels onto the size x size canvas.
+
+    Image bilinear with pad 0, labels nearest with pad 255. With ``flip_lut`` the canvas is mirrored
+    and left/right labels swapped through it.
+    """
+    h, w = image.shape[:2]
+    matrix = letterbox_matrix(h, w, size, scale, angle)
+    if flip_lut is not None:
+        matrix = np.array([[-1.0, 0.0, size - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+    out_image = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    out_labels = None
+    if labels is not None:
+        out_labels = cv2.warpAffine(
+            labels,
+            matrix,
+            (size, size),
+            flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=255,
+        )
+        if flip_lut is not None:
+            out_labels = flip_lut[out_labels]
+    return out_image, out_labels
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with ImageNet mean/std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def unletterbox(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Map canvas predictions back to the original image grid (the exact inverse of the letterbox).
+
+    logits (N, C, S, S) for images letterboxed from (height, width) -> (N, C, height, width),
+    bilinear, so argmax afterwards gives labels at the original resolution.
+    """
+    size = logits.shape[-1]
+    r = size / max(height, width)
+    device = logits.device
+    xs = r * (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2) + (size - 1) / 2
+    ys = r * (torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2) + (size - 1) / 2
+    # grid_sample with align_corners=False addresses pixel centres at (2i + 1) / size - 1.
+    gx, gy = (2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+    grid = grid.unsqueeze(0).expand(logits.shape[0], -1, -1, -1).to(logits.dtype)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)

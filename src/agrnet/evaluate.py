@@ -1,0 +1,97 @@
+"""Evaluation over a whole split at the original label resolution (one confusion matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agrnet.data.classes import LabelSpec
+from agrnet.data.datasets import ParsingDataset
+from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.metrics import ConfusionMatrix, summarize
+from agrnet.modeling.agrnet import AGRNet
+
+
+class _OriginalResolution(torch.utils.data.Dataset):
+    """Letterboxed canvas for the network plus the untouched original labels for scoring."""
+
+    def __init__(self, dataset: ParsingDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = self.dataset.load(index)
+        canvas, _ = warp_pair(image, None, self.dataset.size)
+        return to_tensor(canvas), torch.from_numpy(labels.astype(np.int64))
+
+
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.stack([image for image, _ in items]), [labels for _, labels in items]
+
+
+def flip_permutation(spec: LabelSpec, num_classes: int) -> list[int]:
+    """Channel order that swaps left/right classes, for mirrored test-time augmentation."""
+    return [int(c) for c in spec.flip_lut()[:num_classes]]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: AGRNet,
+    images: torch.Tensor,
+    flip_perm: list[int] | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Canvas logits (N, Nc, S, S) in float32; with ``flip_perm`` averaged with the mirrored pass."""
+    device_type = images.device.type
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(images).logits.float()
+        if flip_perm is not None:
+            mirrored = model(images.flip(-1)).logits.float().flip(-1)[:, flip_perm]
+            logits = (logits + mirrored) / 2
+    return logits
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    model: AGRNet,
+    dataset: ParsingDataset,
+    device: torch.device,
+    flip: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    label_lut: np.ndarray | None = None,
+    model_spec: LabelSpec | None = None,
+    batch_size: int = 4,
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, object], np.ndarray]:
+    """Score ``model`` on every image of ``dataset``; returns (summary, confusion matrix).
+
+    ``label_lut`` maps the model's classes (``model_spec``, default the dataset's) to the dataset's
+    (cross-dataset evaluation, Table IV). ``flip`` averages with the mirrored image, swapping the
+    model's left/right classes.
+    """
+    model.eval()
+    spec = dataset.spec
+    if label_lut is None and model.num_classes != spec.num_classes:
+        raise ValueError(
+            f"the model predicts {model.num_classes} classes but {spec.name} has {spec.num_classes}; "
+            "pass a label map for cross-dataset evaluation"
+        )
+    flip_perm = flip_permutation(model_spec or spec, model.num_classes) if flip else None
+    lut = None if label_lut is None else torch.from_numpy(label_lut.astype(np.int64)).to(device)
+    matrix = ConfusionMatrix(spec.num_classes)
+    loader = torch.utils.data.DataLoader(
+        _OriginalResolution(dataset), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+    )
+    for images, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        logits = predict_logits(model, images.to(device), flip_perm, amp_dtype)
+        for i, target in enumerate(labels):
+            h, w = target.shape
+            prediction = unletterbox(logits[i : i + 1], h, w).argmax(1)[0]
+            if lut is not None:
+                prediction = lut[prediction]
+            matrix.update(prediction, target.to(device))
+    return summarize(matrix.matrix, spec), matrix.matrix.numpy()

@@ -1,0 +1,363 @@
+"""A plain training loop: SGD + poly, autocast chosen once, DDP through torchrun, atomic checkpoints.
+
+Launch on one device with ``agrnet train --config NAME``; on several with
+``torchrun --nproc_per_node=G -m agrnet.cli train --config NAME`` (the torchrun environment selects
+DistributedDataParallel + SyncBatchNorm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from agrnet.build import build_agrnet
+from agrnet.config import TrainConfig, from_dict, to_dict
+from agrnet.data.datasets import ParsingDataset, open_split
+from agrnet.data.transforms import Augmentation
+from agrnet.evaluate import evaluate_dataset
+from agrnet.losses import AGRNetLoss, LossWeights
+from agrnet.modeling.agrnet import AGRNet
+
+log = logging.getLogger(__name__)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch, index) keys: a permutation per epoch seeded by (seed, epoch), sharded by rank.
+
+    ``start`` skips the keys already consumed in the current epoch, so a resumed run sees exactly
+    the batches the interrupted one would have.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def per_rank(self) -> int:
+        return self.size // self.world
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[self.rank :: self.world][: self.per_rank()]
+        return iter([(self.epoch, int(i)) for i in order[self.start :]])
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.start
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Read the torchrun environment; a single process otherwise."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Distributed()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    d = Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if backend == "nccl":
+        torch.cuda.set_device(d.local_rank)
+    return d
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Chosen once per run. None means full precision."""
+    if device.type != "cuda" or amp == "off":
+        if amp in ("bf16", "fp16") and device.type != "cuda":
+            log.warning("amp=%s ignored on %s", amp, device)
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # directory fsync makes the rename durable where supported
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: arbitrary pickled code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling errors come as several types
+        raise ValueError(
+            f"{path}: not a loadable agrnet checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            "Checkpoints are loaded with weights_only=True; files holding pickled code are refused."
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path}: not an agrnet checkpoint (no 'model' and 'config' entries)")
+    return state
+
+
+def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AGRNet, TrainConfig]:
+    """Rebuild the model a checkpoint was trained with (config stored inside) and load its weights."""
+    state = load_checkpoint(path, map_location)
+    config = from_dict(state["config"])
+    model = build_agrnet(config.resolved_model())
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the stored config ({str(error).splitlines()[1:2]})") from None
+    return model, config
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and exit at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint ``last.pt``.
+
+    Files in ``config.out_dir``: ``last.pt`` (every ``checkpoint_every`` iterations, on SIGTERM/SIGINT
+    and at the end), ``best.pt`` (best val mean F1), ``log.csv``, ``config.yaml``.
+    """
+    d = setup_distributed(config.device)
+    device = resolve_device(config.device, d.local_rank)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    out_dir = Path(config.out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+
+    model = build_agrnet(config.resolved_model()).to(device)
+    train_set = open_split(
+        config.data.kind, config.data.root, "train", config.data.size,
+        Augmentation(config.data.augment, config.data.flip), config.seed,
+    )  # fmt: skip
+    if train_set.spec.num_classes != model.num_classes:
+        raise ValueError(
+            f"model.num_classes={model.num_classes} but {config.data.kind} has {train_set.spec.num_classes} classes"
+        )
+    val_set = _optional_split(config, "val")
+    if d.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    batch = config.optim.batch_size
+    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world)
+    iters_per_epoch = sampler.per_rank() // batch
+    if iters_per_epoch == 0:
+        raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.optim.lr,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+    )
+    total = config.iterations
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: max(0.0, 1 - it / total) ** config.optim.poly_power
+    )
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = AGRNetLoss(
+        LossWeights(config.loss.raw, config.loss.edge, config.loss.boundary, config.loss.final,
+                    config.loss.discriminative),
+        dis_delta=config.loss.dis_delta, dis_variant=config.loss.dis_variant, num_classes=model.num_classes,
+    )  # fmt: skip
+
+    iteration, best_f1 = 0, -1.0
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, device)
+        if state["config"] != to_dict(config):
+            log.warning("resuming %s with a config that differs from the stored one", last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        iteration, best_f1 = state["iteration"], state["best_f1"]
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        if d.main:
+            log.info("resumed from %s at iteration %d", last_path, iteration)
+    elif resume and d.main:
+        log.info("--resume: no %s yet, starting fresh", last_path)
+
+    def save(path: Path) -> None:
+        if d.main:
+            atomic_save(
+                {
+                    "config": to_dict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
+                    "best_f1": best_f1, "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                },
+                path,
+            )  # fmt: skip
+
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None  # noqa: SIM115
+    writer = csv.writer(log_file) if log_file else None
+    if writer and log_file and log_file.tell() == 0:
+        writer.writerow(["iteration", "epoch", "lr", "images_per_s", "loss_terms"])
+    bar = tqdm(total=total, initial=iteration, disable=not (progress and d.main), desc="train", unit="it")
+    net.train()
+    tick, seen = time.perf_counter(), 0
+    with _StopFlag() as stop:
+        while iteration < total and stop.requested is None:
+            epoch, offset = divmod(iteration, iters_per_epoch)
+            sampler.set_epoch(epoch, offset * batch)
+            for data in loader:
+                images = data["image"].to(device, non_blocking=True)
+                labels = data["labels"].to(device, non_blocking=True)
+                edges = data["edges"].to(device, non_blocking=True)
+                if amp_dtype is not None:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = net(images)
+                terms = criterion(output, labels, edges)
+                loss = terms["total"]
+                optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                    if config.on_nonfinite == "stop":
+                        save(out_dir / "nonfinite.pt")
+                        raise NonFiniteLossError(
+                            f"non-finite loss at iteration {iteration} (epoch {epoch}): {described}; "
+                            f"weights before this step saved to {out_dir / 'nonfinite.pt'}"
+                        )
+                    log.warning("skipping iteration %d: non-finite loss (%s)", iteration, described)
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                scheduler.step()
+                iteration += 1
+                seen += images.shape[0] * d.world
+                bar.update()
+                if iteration % config.log_every == 0 or iteration == total:
+                    speed = seen / (time.perf_counter() - tick)
+                    tick, seen = time.perf_counter(), 0
+                    values = {k: round(v.item(), 4) for k, v in terms.items()}
+                    bar.set_postfix(loss=values["total"], img_s=f"{speed:.1f}")
+                    if writer and log_file:
+                        writer.writerow([iteration, epoch, f"{scheduler.get_last_lr()[0]:.6g}", f"{speed:.2f}", values])
+                        log_file.flush()
+                if val_set is not None and (iteration % config.val_every == 0 or iteration == total):
+                    f1 = validate(model, val_set, device, amp_dtype, d)
+                    net.train()
+                    if f1 > best_f1:
+                        best_f1 = f1
+                        save(best_path)
+                    if d.main:
+                        bar.write(f"iteration {iteration}: val mean F1 {100 * f1:.2f} (best {100 * best_f1:.2f})")
+                if iteration % config.checkpoint_every == 0 or iteration == total or stop.requested:
+                    save(last_path)
+                if iteration >= total or stop.requested:
+                    break
+    bar.close()
+    if log_file:
+        log_file.close()
+    if stop.requested and d.main:
+        log.warning("%s: saved %s at iteration %d; continue with --resume", stop.requested, last_path, iteration)
+    if d.world > 1:
+        dist.destroy_process_group()
+    return last_path
+
+
+def _optional_split(config: TrainConfig, split: str) -> ParsingDataset | None:
+    try:
+        return open_split(config.data.kind, config.data.root, split, config.data.size)  # type: ignore[arg-type]
+    except ValueError as error:
+        log.warning("no %s split (%s): model selection falls back to the last checkpoint", split, error)
+        return None
+
+
+def validate(
+    model: AGRNet,
+    dataset: ParsingDataset,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    d: Distributed,
+) -> float:
+    """Mean F1 (without background) on the val split; every rank computes it on the main rank's view."""
+    f1 = torch.zeros(1, device=device)
+    if d.main:
+        summary, _ = evaluate_dataset(model, dataset, device, amp_dtype=amp_dtype, progress=False)
+        value = summary["mean_f1"]
+        f1[0] = value if isinstance(value, float) and math.isfinite(value) else 0.0
+    if d.world > 1:
+        dist.broadcast(f1, 0)
+    return float(f1.item())
