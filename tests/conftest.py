@@ -14,6 +14,4 @@ def _seed() -> None:
 @pytest.fixture
 def tiny_config() -> ModelConfig:
     """A model small enough for CPU tests that still has every part of the full AGRNet."""
-    return ModelConfig(
-        num_classes=5, backbone="resnet18", channels=16, context_channels=32, edge_channels=8, top_k=2
-    )
+    return ModelConfig(num_classes=5, backbone="resnet18", channels=16, context_channels=32, edge_channels=8, top_k=2)

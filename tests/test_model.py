@@ -99,9 +99,7 @@ def test_graph_reasoning_is_relu_w_of_a_minus_i() -> None:
     x = torch.randn(2, c, v)
     a, b = gcn.adjacency, gcn.node_mix.bias
     w = gcn.channel_mix.weight[:, :, 0]
-    expected = torch.relu(
-        torch.einsum("dc,ncv->ndv", w, torch.einsum("uv,ncv->ncu", a, x) + b[None, None] - x)
-    )
+    expected = torch.relu(torch.einsum("dc,ncv->ndv", w, torch.einsum("uv,ncv->ncu", a, x) + b[None, None] - x))
     torch.testing.assert_close(gcn(x), expected)
 
 

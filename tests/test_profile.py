@@ -8,10 +8,7 @@ from agrnet.cli import main
 
 
 def test_profile_resnet101_json_matches_design_notes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["profile", "--backbone", "resnet101", "--image-size", "473", "--num-classes", "11", "--json"])
-        == 0
-    )
+    assert main(["profile", "--backbone", "resnet101", "--image-size", "473", "--num-classes", "11", "--json"]) == 0
     parts = json.loads(capsys.readouterr().out)["parts"]
     # DESIGN-NOTES §10: backbone 42.5M / 155.7 GMACs, PSP 23.1M / 68 GMACs, edge 0.465M / 2.44 GMACs,
     # full model ~66.5M (66.4M without the reference code's unused modules).

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agrnet.data.classes import CELEBAMASK_HQ, LAPA, colorize
+from agrnet.data.datasets import DatasetError, open_split
+from agrnet.data.synth import generate
+from agrnet.data.transforms import Augmentation, letterbox_matrix, unletterbox, warp_pair
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _blocks(h: int, w: int, classes: int) -> np.ndarray:
+    """A label map of coarse rectangles, every class present."""
+    labels = np.zeros((h, w), dtype=np.uint8)
+    for c in range(classes):
+        y, x = (c * 7) % max(h - 4, 1), (c * 11) % max(w - 4, 1)
+        labels[y : y + 4, x : x + 4] = c
+    return labels
+
+
+def _lapa(root: Path, n: int = 3, h: int = 20, w: int = 28) -> None:
+    for split in ("train", "val", "test"):
+        for i in range(n):
+            labels = _blocks(h, w, 11)
+            _save(root / split / "images" / f"{i}.jpg", colorize(labels, LAPA.palette))
+            _save(root / split / "labels" / f"{i}.png", labels)
+
+
+def test_lapa_reader_and_sample_contents(tmp_path: Path) -> None:
+    _lapa(tmp_path)
+    ds = open_split("lapa", tmp_path, "val", 32)
+    assert len(ds) == 3
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["labels"].shape == (32, 32)
+    assert item["labels"].dtype == torch.int64 and item["edges"].dtype == torch.bool
+    assert set(item["labels"].unique().tolist()) <= set(range(11)) | {255}
+    assert (item["labels"] == 255).any(), "letterboxing a 20x28 image onto a square must pad with 255"
+
+
+def test_lapa_reader_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_split("lapa", tmp_path / "nope", "train", 32)
+    _lapa(tmp_path)
+    (tmp_path / "test" / "labels" / "1.png").unlink()
+    with pytest.raises(DatasetError, match=r"no label PNG for 1 image\(s\).*1.jpg"):
+        open_split("lapa", tmp_path, "test", 32)
+    _save(tmp_path / "train" / "labels" / "0.png", np.full((20, 28), 42, dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"0.png: label values \[42\] are outside 0..10"):
+        open_split("lapa", tmp_path, "train", 32)[0]
+    _save(tmp_path / "train" / "labels" / "1.png", np.zeros((10, 10), dtype=np.uint8))
+    with pytest.raises(DatasetError, match="1.jpg: image size .* differs from its labels"):
+        open_split("lapa", tmp_path, "train", 32)[1]
+    _save(tmp_path / "train" / "labels" / "2.png", np.zeros((20, 28, 3), dtype=np.uint8))
+    with pytest.raises(DatasetError, match="single-channel index PNGs, got mode RGB"):
+        open_split("lapa", tmp_path, "train", 32)[2]
+    (tmp_path / "val" / "images" / "0.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="0.jpg: cannot read image"):
+        open_split("lapa", tmp_path, "val", 32)[0]
+
+
+def test_helen_reader_merges_by_argmax(tmp_path: Path) -> None:
+    (tmp_path / "testing.txt").write_text("1 , 100_a\n")
+    _save(tmp_path / "images" / "100_a.jpg", np.zeros((6, 8, 3), dtype=np.uint8))
+    expected = np.zeros((6, 8), dtype=np.uint8)
+    expected[1:3, 2:5], expected[4:, :] = 6, 10
+    for c in range(11):
+        soft = np.where(expected == c, 200, 10 + c).astype(np.uint8)  # background wins where nothing else
+        _save(tmp_path / "labels" / "100_a" / f"100_a_lbl{c:02d}.png", soft)
+    ds = open_split("helen", tmp_path, "test", 16)
+    _, labels = ds.load(0)
+    assert np.array_equal(labels, expected)
+    with pytest.raises(DatasetError, match="exemplars.txt is missing"):
+        open_split("helen", tmp_path, "train", 16)
+
+
+def test_celebamask_reader_paints_parts_in_order_and_splits(tmp_path: Path) -> None:
+    (tmp_path / "CelebA-HQ-to-CelebA-mapping.txt").write_text(
+        "idx orig_idx orig_file\n0 1 a.jpg\n1 170000 b.jpg\n2 190000 c.jpg\n"
+    )
+    for k in range(3):
+        _save(tmp_path / "CelebA-HQ-img" / f"{k}.jpg", np.zeros((16, 16, 3), dtype=np.uint8))
+        skin = np.zeros((8, 8), dtype=np.uint8)
+        skin[2:6, 2:6] = 255
+        hair = np.zeros((8, 8), dtype=np.uint8)
+        hair[2:4, :] = 255  # painted after skin: overwrites it
+        _save(tmp_path / "CelebAMask-HQ-mask-anno" / "0" / f"{k:05d}_skin.png", skin)
+        _save(tmp_path / "CelebAMask-HQ-mask-anno" / "0" / f"{k:05d}_hair.png", hair)
+    splits = {s: open_split("celebamask_hq", tmp_path, s, 16) for s in ("train", "val", "test")}
+    assert [len(d) for d in splits.values()] == [1, 1, 1]
+    image, labels = splits["val"].load(0)
+    assert image.shape[:2] == labels.shape == (8, 8), "1024-style images are resized to the mask size"
+    assert labels[2, 3] == CELEBAMASK_HQ.class_names.index("hair")
+    assert labels[5, 3] == CELEBAMASK_HQ.class_names.index("skin") and labels[0, 0] == 0
+
+
+def test_lip_reader(tmp_path: Path) -> None:
+    _save(tmp_path / "TrainVal_images" / "val_images" / "x.jpg", np.zeros((9, 5, 3), dtype=np.uint8))
+    _save(tmp_path / "TrainVal_parsing_annotations" / "val_segmentations" / "x.png", np.full((9, 5), 19, np.uint8))
+    assert open_split("lip", tmp_path, "val", 16).load(0)[1].max() == 19
+    with pytest.raises(DatasetError, match="no labelled test split"):
+        open_split("lip", tmp_path, "test", 16)
+
+
+def test_synthetic_generator_is_readable_and_deterministic(tmp_path: Path) -> None:
+    counts = generate(tmp_path / "a", 10, 48, seed=3, progress=False)
+    generate(tmp_path / "b", 10, 48, seed=3, progress=False)
+    assert counts == {"train": 8, "val": 1, "test": 1}
+    a = (tmp_path / "a" / "train" / "labels" / "000004.png").read_bytes()
+    assert a == (tmp_path / "b" / "train" / "labels" / "000004.png").read_bytes()
+    ds = open_split("synthetic", tmp_path / "a", "train", 48)
+    seen = set()
+    for i in range(len(ds)):
+        seen |= set(np.unique(ds.load(i)[1]).tolist())
+    assert {0, 1, 2, 3, 4, 5, 6, 7, 9, 10} <= seen
+    landmarks = (tmp_path / "a" / "test" / "landmarks" / "000009.txt").read_text().split()
+    assert landmarks[0] == "106" and len(landmarks) == 1 + 212
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_warp_keeps_image_and_labels_aligned(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.kron(rng.integers(0, 11, (6, 9)), np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+    image = colorize(labels, LAPA.palette)  # the image colour encodes the label
+    scale, angle, flip = Augmentation("paper", flip=True).sample(rng)
+    flip_lut = LAPA.flip_lut() if flip else None
+    out_image, out_labels = warp_pair(image, labels, 64, scale, angle, flip_lut)
+    assert out_labels is not None
+    interior = _far_from_edges(out_labels)
+    colour_labels = out_labels if flip_lut is None else flip_lut[out_labels]  # colours are not swapped
+    expected = LAPA.palette[colour_labels[interior]]
+    assert np.abs(out_image[interior].astype(int) - expected).max() <= 2
+    assert interior.sum() > 200
+
+
+def _far_from_edges(labels: np.ndarray) -> np.ndarray:
+    from agrnet.edges import label_edges
+
+    # Bilinear image pixels blend across label boundaries and into the zero padding.
+    edges = label_edges(torch.from_numpy(labels.astype(np.int64))).numpy() | (labels == 255)
+    grown = edges.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(edges, dy, 0), dx, 1)
+    return ~grown
+
+
+def test_flip_swaps_left_and_right_labels() -> None:
+    labels = np.zeros((8, 8), dtype=np.uint8)
+    labels[:, :4] = 2  # left brow on the image's left
+    _, flipped = warp_pair(np.zeros((8, 8, 3), np.uint8), labels, 8, flip_lut=LAPA.flip_lut())
+    assert flipped is not None
+    assert (flipped[:, 4:] == 3).all() and (flipped[:, :4] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 20), (30, 30)])
+def test_unletterbox_inverts_the_letterbox(shape: tuple[int, int]) -> None:
+    h, w = shape
+    labels = np.kron(np.arange(12).reshape(3, 4) % 11, np.ones((h // 3 + 1, w // 4 + 1)))[:h, :w].astype(np.uint8)
+    size = 96
+    matrix = letterbox_matrix(h, w, size)
+    assert np.allclose(matrix[:, :2], np.eye(2) * size / max(h, w))
+    one_hot = np.eye(11, dtype=np.float32)[labels].transpose(2, 0, 1)
+    canvas = np.stack(
+        [warp_pair(np.repeat(c[..., None], 3, 2), None, size)[0][..., 0] for c in (one_hot * 255).astype(np.uint8)]
+    )
+    back = unletterbox(torch.from_numpy(canvas.astype(np.float32))[None], h, w).argmax(1)[0].numpy()
+    assert (back == labels).mean() > 0.97

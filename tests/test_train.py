@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import ast
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agrnet.config import ConfigError, load_config
+from agrnet.data.synth import generate
+from agrnet.train import load_checkpoint, model_from_checkpoint, train
+
+TINY = [
+    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
+    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "log_every=1", "val_every=1000",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, 30, 48, seed=1, progress=False)
+    return root
+
+
+def _config(root: Path, out: Path, *extra: str):
+    return load_config("synthetic", [f"data.root={root}", f"out_dir={out}", *TINY, *extra])
+
+
+def _losses(out: Path) -> list[float]:
+    with open(out / "log.csv") as f:
+        return [ast.literal_eval(row["loss_terms"])["total"] for row in csv.DictReader(f)]
+
+
+def test_smoke_training_lowers_the_loss(synthetic_root: Path, tmp_path: Path) -> None:
+    config = _config(synthetic_root, tmp_path / "run", "iterations=40", "val_every=40")
+    last = train(config, progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 40
+    first, final = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert final < 0.8 * first, f"loss did not fall: {first:.3f} -> {final:.3f}"
+    state = load_checkpoint(last)
+    assert state["iteration"] == 40 and state["config"]["optim"]["lr"] == 0.01  # resolved config stored
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    model, stored = model_from_checkpoint(last)
+    assert stored == config and model.num_classes == 11
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    extra = ["iterations=10", "checkpoint_every=1"]
+    reference = train(_config(synthetic_root, tmp_path / "straight", *extra), progress=False)
+
+    out = tmp_path / "killed"
+    args = [f"data.root={synthetic_root}", f"out_dir={out}", *TINY, *extra]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agrnet.cli", "train", "--config", "synthetic", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.csv").is_file() and len(_losses(out)) >= 4):
+        time.sleep(0.05)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    stopped_at = load_checkpoint(out / "last.pt")["iteration"]  # loadable: never half-written
+    assert 1 <= stopped_at < 10, f"the run was not interrupted mid-way (stopped at {stopped_at})"
+    if sig == signal.SIGTERM:
+        assert process.returncode == 0 and b"continue with --resume" in process.stderr.read()
+
+    resumed = train(_config(synthetic_root, out, *extra), resume=True, progress=False)
+    a, b = load_checkpoint(reference)["model"], load_checkpoint(resumed)["model"]
+    assert load_checkpoint(resumed)["iteration"] == 10
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=f"{key} differs after resume")
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown config key optim.lrr; did you mean optim.lr"):
+        load_config("synthetic", ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="iterations must be an integer"):
+        load_config("synthetic", ["iterations=many"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config("synthetic", ["lr"])
+    with pytest.raises(ConfigError, match="neither a file nor one of"):
+        load_config("lapaa")
+    assert load_config("configs/lapa.yaml").model.backbone == "resnet101"
+    assert load_config("synthetic", ["ablation=baseline"]).resolved_model().projection == "none"
