@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import os
 import signal
 import subprocess
 import sys
