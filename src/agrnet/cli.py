@@ -146,11 +146,109 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from agrnet.inference import FaceParser
+    from agrnet.predict import predict_paths
+
+    if args.checkpoint.endswith(".onnx"):
+        parser = FaceParser.from_onnx(args.checkpoint)
+    else:
+        parser = FaceParser.from_checkpoint(args.checkpoint, device=args.device)
+    report = predict_paths(parser, args.inputs, args.out, detect_faces=args.detect_faces, flip=args.flip)
+    print(report.summary())
+    return 1 if report.failures else 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="parse images, directories and videos; writes labels, masks, overlays")
+    p.add_argument("checkpoint", help="a training checkpoint (.pt) or an exported .onnx file")
+    p.add_argument("inputs", nargs="+", help="image files, directories or videos")
+    p.add_argument("--out", required=True)
+    p.add_argument("--detect-faces", action="store_true", help="find faces (OpenCV cascade), parse each crop")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from agrnet.export import export_model
+    from agrnet.train import model_from_checkpoint
+
+    model, config = model_from_checkpoint(args.checkpoint)
+    report = export_model(model, args.out, config.data.size, config.data.kind, args.format)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to ONNX or TorchScript with a parity check")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agrnet.data.classes import LABEL_SPECS
+    from agrnet.data.datasets import load_image
+    from agrnet.train import model_from_checkpoint
+    from agrnet.viz import visualize
+
+    model, config = model_from_checkpoint(args.checkpoint)
+    image = load_image(Path(args.image))
+    for path in visualize(model, LABEL_SPECS[config.data.kind], image, config.data.size, args.out):
+        print(path)
+    return 0
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="vertices (Fig. 8), adjacency (Fig. 7), projection maps (Fig. 11)")
+    p.add_argument("checkpoint")
+    p.add_argument("image")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_visualize)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from agrnet.inference import FaceParser
+    from agrnet.serve import make_server
+
+    if args.checkpoint.endswith(".onnx"):
+        parser = FaceParser.from_onnx(args.checkpoint)
+    else:
+        parser = FaceParser.from_checkpoint(args.checkpoint, device=args.device)
+    server = make_server(parser, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web demo: upload a photo, see the parsing overlay")
+    p.add_argument("checkpoint", help="a training checkpoint (.pt) or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_serve)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_synth,
     _add_train,
     _add_evaluate,
+    _add_predict,
+    _add_visualize,
+    _add_export,
+    _add_serve,
     _add_profile,
 ]
 

@@ -53,6 +53,8 @@ def load_image(path: Path) -> np.ndarray:
                 peak = max(float(array.max()), 1.0)
                 image = Image.fromarray((array * (255.0 / (65535.0 if peak > 255 else 255.0))).astype(np.uint8))
             return np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError as error:
+        raise DatasetError(f"{path}: {error}; downscale the image first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error}); remove or replace the file") from None
 

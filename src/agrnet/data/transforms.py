@@ -105,17 +105,19 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return tensor.sub_(mean).div_(std)
 
 
-def unletterbox(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def unletterbox(logits: torch.Tensor, height: int, width: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Map canvas predictions back to the original image grid (the exact inverse of the letterbox).
 
     logits (N, C, S, S) for images letterboxed from (height, width) -> (N, C, height, width),
-    bilinear, so argmax afterwards gives labels at the original resolution.
+    bilinear, so argmax afterwards gives labels at the original resolution. ``rows`` = (start, stop)
+    restricts the output to those image rows, for huge images processed in strips.
     """
     size = logits.shape[-1]
     r = size / max(height, width)
     device = logits.device
+    start, stop = rows or (0, height)
     xs = r * (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2) + (size - 1) / 2
-    ys = r * (torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2) + (size - 1) / 2
+    ys = r * (torch.arange(start, stop, device=device, dtype=torch.float32) - (height - 1) / 2) + (size - 1) / 2
     # grid_sample with align_corners=False addresses pixel centres at (2i + 1) / size - 1.
     gx, gy = (2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)

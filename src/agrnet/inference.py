@@ -1,0 +1,164 @@
+"""``FaceParser``: parse photos with a trained checkpoint or an exported ONNX file.
+
+Inputs are file paths, PIL images or numpy arrays (H, W, 3) **RGB** uint8 (grayscale (H, W) and RGBA
+are converted). Each image is letterboxed to the network size and the prediction is mapped back to
+the image's own size, so label maps always match the input pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from agrnet.data.classes import LABEL_SPECS, LabelSpec
+from agrnet.data.datasets import load_image
+from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.evaluate import flip_permutation, predict_logits
+from agrnet.modeling.agrnet import AGRNet
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class Parsing:
+    """labels: (H, W) uint8 class indices at the input size; probabilities: (Nc, H, W) float32 or None."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """Any supported input -> (H, W, 3) uint8 RGB."""
+    if isinstance(image, (str, Path)):
+        return load_image(Path(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype == np.uint16:
+            array = (array / 257).astype(np.uint8)
+        elif array.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 or uint16, got {array.dtype}")
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ValueError(f"numpy images must be (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {array.shape}")
+        return np.ascontiguousarray(array[..., :3])
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+class _OnnxLogits:
+    """Runs an exported model with onnxruntime: no torch model code involved."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input_name: images.cpu().numpy()})
+        return torch.from_numpy(logits)
+
+
+class FaceParser:
+    """Inference wrapper; construct with ``from_checkpoint`` or ``from_onnx``."""
+
+    def __init__(
+        self,
+        spec: LabelSpec,
+        size: int,
+        model: AGRNet | None = None,
+        onnx: _OnnxLogits | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        if (model is None) == (onnx is None):
+            raise ValueError("give exactly one of model and onnx")
+        device = device or torch.device("cpu")
+        self.spec, self.size, self.model, self.onnx, self.device = spec, size, model, onnx, device
+        self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+        if model is not None:
+            model.eval().to(device)
+            if device.type == "cuda":  # channels_last helps the cuDNN convolutions under AMP
+                model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> FaceParser:
+        from agrnet.train import model_from_checkpoint, resolve_device
+
+        torch_device = resolve_device(device)
+        model, config = model_from_checkpoint(path, torch_device)
+        return cls(LABEL_SPECS[config.data.kind], config.data.size, model=model, device=torch_device)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> FaceParser:
+        """Load an ``agrnet export --format onnx`` file; its label spec and size sit beside it in
+        ``<file>.json``."""
+        path = Path(path)
+        meta_path = path.with_suffix(path.suffix + ".json")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} (written by agrnet export next to the model) is missing")
+        meta = json.loads(meta_path.read_text())
+        return cls(LABEL_SPECS[meta["dataset"]], int(meta["size"]), onnx=_OnnxLogits(path, providers))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    def _logits(self, canvases: torch.Tensor, flip: bool) -> torch.Tensor:
+        if self.onnx is not None:
+            logits = self.onnx(canvases)
+            if flip:
+                perm = flip_permutation(self.spec, logits.shape[1])
+                logits = (logits + self.onnx(canvases.flip(-1)).flip(-1)[:, perm]) / 2
+            return logits
+        assert self.model is not None
+        perm = flip_permutation(self.spec, self.model.num_classes) if flip else None
+        images = canvases.to(self.device)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return predict_logits(self.model, images, perm, self.amp_dtype)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        probabilities: bool = False,
+        flip: bool = False,
+        batch_size: int = 8,
+    ) -> Parsing | list[Parsing]:
+        """Parse one image (returns a ``Parsing``) or a list (returns a list), at each input's size."""
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        results: list[Parsing] = []
+        for start in range(0, len(batch), batch_size):
+            arrays = [to_rgb_array(image) for image in batch[start : start + batch_size]]
+            canvases = torch.stack([to_tensor(warp_pair(a, None, self.size)[0]) for a in arrays])
+            logits = self._logits(canvases, flip)
+            for array, canvas_logits in zip(arrays, logits, strict=True):
+                results.append(_to_input_size(canvas_logits.float(), *array.shape[:2], probabilities))
+        return results[0] if single else results
+
+
+# Strips of at most this many output pixels per class keep huge photos within memory.
+_STRIP_PIXELS = 4_000_000
+
+
+def _to_input_size(canvas_logits: torch.Tensor, height: int, width: int, probabilities: bool) -> Parsing:
+    """canvas_logits (Nc, S, S) -> labels (and probabilities) at (height, width), in row strips."""
+    step = max(1, _STRIP_PIXELS // width)
+    labels = np.empty((height, width), dtype=np.uint8)
+    probs = np.empty((canvas_logits.shape[0], height, width), dtype=np.float32) if probabilities else None
+    for start in range(0, height, step):
+        stop = min(height, start + step)
+        strip = unletterbox(canvas_logits[None], height, width, rows=(start, stop))[0]
+        labels[start:stop] = strip.argmax(0).to(torch.uint8).cpu().numpy()
+        if probs is not None:
+            probs[:, start:stop] = strip.softmax(0).cpu().numpy()
+    return Parsing(labels, probs)

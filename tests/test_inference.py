@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from agrnet.cli import main
+from agrnet.config import load_config
+from agrnet.data.synth import generate
+from agrnet.inference import FaceParser
+from agrnet.predict import FaceDetector, parse_photo
+from agrnet.train import train
+
+TINY = [
+    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
+    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "iterations=3", "val_every=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inference")
+    generate(root / "data", 12, 48, progress=False)
+    config = load_config("synthetic", [f"data.root={root / 'data'}", f"out_dir={root / 'run'}", *TINY])
+    return train(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def parser(checkpoint: Path) -> FaceParser:
+    return FaceParser.from_checkpoint(checkpoint, device="cpu")
+
+
+def test_parser_takes_paths_pil_and_arrays_at_their_own_size(parser: FaceParser, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (37, 61, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    from_path = parser.predict(tmp_path / "a.png", probabilities=True)
+    from_pil = parser.predict(Image.fromarray(rgb))
+    from_array = parser.predict(rgb)
+    assert from_path.labels.shape == (37, 61) and from_path.labels.dtype == np.uint8
+    assert np.array_equal(from_path.labels, from_array.labels) and np.array_equal(from_pil.labels, from_array.labels)
+    assert from_path.probabilities is not None and from_path.probabilities.shape == (11, 37, 61)
+    np.testing.assert_allclose(from_path.probabilities.sum(0), 1, atol=1e-5)
+    assert np.array_equal(from_path.probabilities.argmax(0), from_path.labels)
+    batch = parser.predict([rgb, rgb[:20], rgb[..., 0]], flip=True)
+    assert [b.labels.shape for b in batch] == [(37, 61), (20, 61), (37, 61)]
+
+
+def test_parser_handles_gray_rgba_and_16_bit_files(parser: FaceParser, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.zeros((30, 20, 4), np.uint8)).save(tmp_path / "rgba.png")
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((30, 20), 40000, np.uint16))
+    for name in ("gray.png", "rgba.png", "deep.png"):
+        assert parser.predict(tmp_path / name).labels.shape == (30, 20)
+    with pytest.raises(ValueError, match="must be uint8 or uint16"):
+        parser.predict(np.zeros((4, 4, 3), np.float32))
+
+
+def test_predict_cli_skips_bad_files_and_reports(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(inputs / f"ok{i}.jpg")
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.txt").write_text("hello")
+    status = main(["predict", str(checkpoint), str(inputs), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    summary = capsys.readouterr().out
+    assert status == 1
+    assert "6 output(s) written, 3 input(s) failed" in summary
+    assert "corrupt.jpg" in summary and "empty.png" in summary and "not an image or video" in summary
+    labels = np.asarray(Image.open(tmp_path / "out" / "ok1_labels.png"))
+    assert labels.shape == (40, 30) and labels.max() < 11
+    assert (tmp_path / "out" / "ok0_overlay.png").is_file() and (tmp_path / "out" / "ok0_mask.png").is_file()
+
+
+def test_predict_video(checkpoint: Path, tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (32, 24))
+    for i in range(3):
+        writer.write(np.full((24, 32, 3), 50 * i, np.uint8))
+    writer.release()
+    assert main(["predict", str(checkpoint), str(video), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip_overlay.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_face_crops_are_pasted_back_inside_their_box(parser: FaceParser) -> None:
+    assert FaceDetector()(np.zeros((50, 50, 3), np.uint8)) == []  # bundled cascade loads, finds nothing
+    image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    box = (10, 5, 42, 37)
+    labels = parse_photo(parser, image, lambda _: [box], flip=False)  # type: ignore[arg-type]
+    crop = parser.predict(image[5:37, 10:42]).labels
+    outside = np.ones(labels.shape, bool)
+    outside[5:37, 10:42] = False
+    assert (labels[outside] == 0).all()
+    assert np.array_equal(labels[5:37, 10:42][crop > 0], crop[crop > 0])
+
+
+def test_visualizations(checkpoint: Path, tmp_path: Path) -> None:
+    image = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(image)
+    assert main(["visualize", str(checkpoint), str(image), "--out", str(tmp_path / "viz")]) == 0
+    for name in ("vertices.png", "adjacency.png", "projection.png"):
+        with Image.open(tmp_path / "viz" / name) as figure:
+            assert figure.size[0] > 300 and figure.size[1] > 300
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_parity(checkpoint: Path, tmp_path: Path, fmt: str, parser: FaceParser) -> None:
+    from agrnet.export import export_model
+    from agrnet.train import model_from_checkpoint
+
+    model, config = model_from_checkpoint(checkpoint)
+    out = tmp_path / f"model.{fmt}"
+    report = export_model(model, out, config.data.size, config.data.kind, fmt)  # type: ignore[arg-type]
+    assert report["max_abs_diff"] < 1e-3 and report["argmax_agreement"] > 0.999
+    if fmt == "onnx":
+        onnx_parser = FaceParser.from_onnx(out)
+        image = np.random.default_rng(3).integers(0, 255, (45, 33, 3), dtype=np.uint8)
+        agreement = (onnx_parser.predict(image).labels == parser.predict(image).labels).mean()
+        assert agreement > 0.99
