@@ -89,4 +89,5 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a file nor one of"):
         load_config("lapaa")
     assert load_config("configs/lapa.yaml").model.backbone == "resnet101"
+    assert load_config("synthetic", ["optim.lr=1e-3"]).optim.lr == 1e-3
     assert load_config("synthetic", ["ablation=baseline"]).resolved_model().projection == "none"

@@ -108,7 +108,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(format_results(summary, dataset.spec, helen))
-    return 0
+    skipped = summary["skipped"]
+    print(f"scored {summary['images']} of {len(dataset)} images; {len(skipped)} skipped")  # type: ignore[arg-type]
+    for reason in skipped:  # type: ignore[union-attr]
+        print(f"  SKIPPED {reason}")
+    return 1 if skipped else 0
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -240,11 +244,30 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from agrnet.data.datasets import check_dataset
+
+    problems = check_dataset(args.kind, args.data, tuple(args.splits))
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s) found in {args.data}")
+    return 1 if problems else 0
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="read every sample of a dataset and list all problems")
+    p.add_argument("data")
+    p.add_argument("--kind", required=True, choices=["lapa", "synthetic", "helen", "celebamask_hq", "lip"])
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
+    p.set_defaults(func=_cmd_check_data)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_synth,
     _add_train,
     _add_evaluate,
+    _add_check_data,
     _add_predict,
     _add_visualize,
     _add_export,

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from agrnet.data.classes import LabelSpec
-from agrnet.data.datasets import ParsingDataset
+from agrnet.data.datasets import DatasetError, ParsingDataset
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
 
+log = logging.getLogger(__name__)
+
 
 class _OriginalResolution(torch.utils.data.Dataset):
-    """Letterboxed canvas for the network plus the untouched original labels for scoring."""
+    """Letterboxed canvas for the network plus the untouched original labels for scoring.
+
+    A sample that cannot be loaded comes back as its error message, so one bad file does not stop
+    the evaluation of a whole split.
+    """
 
     def __init__(self, dataset: ParsingDataset) -> None:
         self.dataset = dataset
@@ -22,14 +30,22 @@ class _OriginalResolution(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = self.dataset.load(index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | str:
+        try:
+            image, labels = self.dataset.load(index)
+        except DatasetError as error:
+            return str(error)
         canvas, _ = warp_pair(image, None, self.dataset.size)
         return to_tensor(canvas), torch.from_numpy(labels.astype(np.int64))
 
 
-def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    return torch.stack([image for image, _ in items]), [labels for _, labels in items]
+def _collate(
+    items: list[tuple[torch.Tensor, torch.Tensor] | str],
+) -> tuple[torch.Tensor | None, list[torch.Tensor], list[str]]:
+    good = [item for item in items if not isinstance(item, str)]
+    errors = [item for item in items if isinstance(item, str)]
+    images = torch.stack([image for image, _ in good]) if good else None
+    return images, [labels for _, labels in good], errors
 
 
 def flip_permutation(spec: LabelSpec, num_classes: int) -> list[int]:
@@ -86,7 +102,13 @@ def evaluate_dataset(
     loader = torch.utils.data.DataLoader(
         _OriginalResolution(dataset), batch_size=batch_size, num_workers=workers, collate_fn=_collate
     )
-    for images, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+    skipped: list[str] = []
+    scored = 0
+    for images, labels, errors in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        skipped += errors
+        if images is None:
+            continue
+        scored += len(labels)
         logits = predict_logits(model, images.to(device), flip_perm, amp_dtype)
         for i, target in enumerate(labels):
             h, w = target.shape
@@ -94,4 +116,7 @@ def evaluate_dataset(
             if lut is not None:
                 prediction = lut[prediction]
             matrix.update(prediction, target.to(device))
-    return summarize(matrix.matrix, spec), matrix.matrix.numpy()
+    if skipped:
+        log.warning("skipped %d unreadable sample(s):\n  %s", len(skipped), "\n  ".join(skipped))
+    summary = summarize(matrix.matrix, spec) | {"images": scored, "skipped": skipped}
+    return summary, matrix.matrix.numpy()

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     iteration, best_f1 = 0, -1.0
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, device)
+        stored_model = asdict(from_dict(state["config"]).resolved_model())
+        current_model = asdict(config.resolved_model())
+        if stored_model != current_model:
+            changed = {k: (stored_model.get(k), v) for k, v in current_model.items() if stored_model.get(k) != v}
+            raise ValueError(
+                f"{last_path} was trained with another model (stored vs now: {changed}); resume with the "
+                f"stored settings or choose a new out_dir"
+            )
         if state["config"] != to_dict(config):
             log.warning("resuming %s with a config that differs from the stored one", last_path)
         model.load_state_dict(state["model"])
@@ -285,24 +293,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 edges = data["edges"].to(device, non_blocking=True)
                 if amp_dtype is not None:
                     images = images.contiguous(memory_format=torch.channels_last)
+                # BatchNorm statistics move during the forward: keep them to undo a faulty step.
+                buffers = [b.detach().clone() for b in model.buffers()]
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     output = net(images)
                 terms = criterion(output, labels, edges)
-                loss = terms["total"]
                 optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                fault = _step(terms["total"], model, optimizer, scaler)
+                if fault is not None:
+                    for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                        buffer.copy_(saved)
                     described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                    message = f"non-finite {fault} at iteration {iteration} (epoch {epoch}): {described}"
                     if config.on_nonfinite == "stop":
                         save(out_dir / "nonfinite.pt")
                         raise NonFiniteLossError(
-                            f"non-finite loss at iteration {iteration} (epoch {epoch}): {described}; "
-                            f"weights before this step saved to {out_dir / 'nonfinite.pt'}"
+                            f"{message}; weights before this step saved to {out_dir / 'nonfinite.pt'}"
                         )
-                    log.warning("skipping iteration %d: non-finite loss (%s)", iteration, described)
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    log.warning("skipping the step: %s", message)
                 scheduler.step()
                 iteration += 1
                 seen += images.shape[0] * d.world
@@ -335,6 +343,26 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if d.world > 1:
         dist.destroy_process_group()
     return last_path
+
+
+def _step(
+    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> str | None:
+    """Backward and update; returns what was non-finite ("loss" or "gradient") instead of stepping.
+
+    Under fp16 the GradScaler owns overflow handling: it skips the update and lowers its scale.
+    """
+    if not torch.isfinite(loss):
+        return "loss"
+    scaler.scale(loss).backward()
+    if not scaler.is_enabled():
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # the norm only: no clipping
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return "gradient"
+    scaler.step(optimizer)
+    scaler.update()
+    return None
 
 
 def _optional_split(config: TrainConfig, split: str) -> ParsingDataset | None:

@@ -293,3 +293,25 @@ def open_split(
     if kind not in READERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
     return ParsingDataset(READERS[kind](Path(root), split), READER_SPECS[kind], size, augmentation, seed)
+
+
+def check_dataset(kind: str, root: str | Path, splits: tuple[Split, ...] = ("train", "val", "test")) -> list[str]:
+    """Load every sample of every split and return one line per problem (empty when all is well).
+
+    Problems do not stop the check: the whole dataset is read and everything wrong is listed.
+    """
+    from tqdm import tqdm
+
+    problems = []
+    for split in splits:
+        try:
+            dataset = open_split(kind, root, split, size=32)
+        except DatasetError as error:
+            problems.append(f"[{split}] {error}")
+            continue
+        for index in tqdm(range(len(dataset)), desc=f"check {split}", unit="img"):
+            try:
+                dataset.load(index)
+            except DatasetError as error:
+                problems.append(f"[{split}] {error}")
+    return problems

@@ -1,0 +1,67 @@
+"""End-to-end test of ``agrnet serve`` in headless Chromium (skipped where Chromium is absent;
+``.ci/run`` installs it)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agrnet.config import load_config
+from agrnet.data.synth import generate
+from agrnet.inference import FaceParser
+from agrnet.serve import make_server
+from agrnet.train import train
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("serve")
+    generate(root / "data", 12, 48, progress=False)
+    config = load_config(
+        "synthetic",
+        [f"data.root={root / 'data'}", f"out_dir={root / 'run'}", "model.backbone=resnet18", "model.channels=16",
+         "model.context_channels=32", "model.edge_channels=8", "data.size=48", "data.workers=0",
+         "optim.batch_size=4", "iterations=2", "val_every=2"],
+    )  # fmt: skip
+    httpd = make_server(FaceParser.from_checkpoint(train(config, progress=False), device="cpu"), port=0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", root
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_upload_in_browser_shows_overlay_and_legend(server) -> None:  # noqa: ANN001
+    url, root = server
+    photo = Path(root) / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)).save(photo)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            assert page.title() == "agrnet face parsing"
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#status:has-text('done')", timeout=60_000)
+            assert page.inner_text("#status") == "done: 50x70"
+            overlay_src = page.get_attribute("#overlay", "src")
+            assert overlay_src is not None and overlay_src.startswith("data:image/png;base64,")
+            width = page.evaluate("document.getElementById('overlay').naturalWidth")
+            assert width == 50
+            legend = page.locator("#legend li.class").all_inner_texts()
+            assert legend and all("%" in item for item in legend)
+            page.set_input_files("#file", {"name": "bad.png", "mimeType": "image/png", "buffer": b"nope"})
+            page.wait_for_selector("#error:has-text('not a readable image')", timeout=30_000)
+        finally:
+            browser.close()
