@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ class GraphHead(nn.Module):
         return x0 + reprojected
 
 
-def saved_bytes(fn) -> int:  # noqa: ANN001
+def saved_bytes(fn: Callable[[], object]) -> int:
     """Bytes of the tensors autograd keeps for backward during ``fn()`` (training-memory proxy)."""
     total = 0
 

@@ -1,9 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from agrnet.build import ModelConfig
+from agrnet.config import TrainConfig, load_config
+
+# A training setup small enough for CPU tests (about 0.1 s per iteration) that keeps every part.
+TINY_TRAINING = [
+    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
+    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "log_every=1", "val_every=1000",
+]  # fmt: skip
+
+
+def tiny_train_config(data_root: Path, out_dir: Path, *extra: str) -> TrainConfig:
+    return load_config("synthetic", [f"data.root={data_root}", f"out_dir={out_dir}", *TINY_TRAINING, *extra])
 
 
 @pytest.fixture(autouse=True)

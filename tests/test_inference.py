@@ -5,27 +5,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import tiny_train_config
 from PIL import Image
 
 from agrnet.cli import main
-from agrnet.config import load_config
 from agrnet.data.synth import generate
 from agrnet.inference import FaceParser
 from agrnet.predict import FaceDetector, parse_photo
 from agrnet.train import train
-
-TINY = [
-    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
-    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "iterations=3", "val_every=3",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inference")
     generate(root / "data", 12, 48, progress=False)
-    config = load_config("synthetic", [f"data.root={root / 'data'}", f"out_dir={root / 'run'}", *TINY])
-    return train(config, progress=False)
+    return train(tiny_train_config(root / "data", root / "run", "iterations=3", "val_every=3"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def test_parser_takes_paths_pil_and_arrays_at_their_own_size(parser: FaceParser,
     assert from_path.probabilities is not None and from_path.probabilities.shape == (11, 37, 61)
     np.testing.assert_allclose(from_path.probabilities.sum(0), 1, atol=1e-5)
     assert np.array_equal(from_path.probabilities.argmax(0), from_path.labels)
-    batch = parser.predict([rgb, rgb[:20], rgb[..., 0]], flip=True)
+    batch = parser.predict_batch([rgb, rgb[:20], rgb[..., 0]], flip=True, batch_size=2)
     assert [b.labels.shape for b in batch] == [(37, 61), (20, 61), (37, 61)]
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from agrnet.cli import main
-from agrnet.config import load_config
 from agrnet.data.classes import LAPA
 from agrnet.data.datasets import DatasetError, load_image
 from agrnet.data.synth import generate
@@ -21,11 +21,6 @@ from agrnet.data.transforms import warp_pair
 from agrnet.edges import label_edges
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.train import NonFiniteLossError, load_checkpoint, train
-
-TINY = [
-    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
-    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "val_every=1000",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +33,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
-    return train(load_config("synthetic", [f"data.root={data_root}", f"out_dir={out}", *TINY, "iterations=2"]),
-                 progress=False)  # fmt: skip
+    return train(tiny_train_config(data_root, out, "iterations=2"), progress=False)
 
 
 def test_check_data_lists_every_problem_and_continues(data_root: Path, tmp_path: Path, capsys) -> None:
@@ -105,14 +99,13 @@ def test_checkpoint_of_another_class_count_is_refused_clearly(checkpoint: Path, 
 
 
 def test_resume_with_another_backbone_is_refused(checkpoint: Path, data_root: Path) -> None:
-    config = load_config("synthetic", [f"data.root={data_root}", f"out_dir={checkpoint.parent}", *TINY,
-                                       "iterations=4", "model.backbone=resnet34"])  # fmt: skip
+    config = tiny_train_config(data_root, checkpoint.parent, "iterations=4", "model.backbone=resnet34")
     with pytest.raises(ValueError, match=r"trained with another model .*'backbone': \('resnet18', 'resnet34'\)"):
         train(config, resume=True, progress=False)
 
 
 class Payload:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self) -> tuple[object, tuple[str]]:
         return (print, ("this ran while loading",))
 
 
@@ -129,8 +122,7 @@ def test_untrusted_pickle_and_foreign_files_are_refused(tmp_path: Path, capsys) 
 
 
 def test_nonfinite_loss_stops_with_step_and_terms(data_root: Path, tmp_path: Path) -> None:
-    config = load_config("synthetic", [f"data.root={data_root}", f"out_dir={tmp_path}", *TINY, "iterations=30",
-                                       "optim.lr=1e12"])  # fmt: skip
+    config = tiny_train_config(data_root, tmp_path, "iterations=30", "optim.lr=1e12")
     with pytest.raises(NonFiniteLossError, match=r"non-finite (loss|gradient) at iteration \d+ \(epoch \d+\): final="):
         train(config, progress=False)
     state = load_checkpoint(tmp_path / "nonfinite.pt")
@@ -138,8 +130,7 @@ def test_nonfinite_loss_stops_with_step_and_terms(data_root: Path, tmp_path: Pat
 
 
 def test_nonfinite_loss_can_be_skipped(data_root: Path, tmp_path: Path) -> None:
-    config = load_config("synthetic", [f"data.root={data_root}", f"out_dir={tmp_path}", *TINY, "iterations=30",
-                                       "optim.lr=1e12", "on_nonfinite=skip"])  # fmt: skip
+    config = tiny_train_config(data_root, tmp_path, "iterations=30", "optim.lr=1e12", "on_nonfinite=skip")
     state = load_checkpoint(train(config, progress=False))
     assert state["iteration"] == 30
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

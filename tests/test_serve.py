@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_train_config
 from PIL import Image
 
-from agrnet.config import load_config
 from agrnet.data.synth import generate
 from agrnet.inference import FaceParser
 from agrnet.serve import make_server
@@ -22,15 +23,10 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("serve")
     generate(root / "data", 12, 48, progress=False)
-    config = load_config(
-        "synthetic",
-        [f"data.root={root / 'data'}", f"out_dir={root / 'run'}", "model.backbone=resnet18", "model.channels=16",
-         "model.context_channels=32", "model.edge_channels=8", "data.size=48", "data.workers=0",
-         "optim.batch_size=4", "iterations=2", "val_every=2"],
-    )  # fmt: skip
+    config = tiny_train_config(root / "data", root / "run", "iterations=2", "val_every=2")
     httpd = make_server(FaceParser.from_checkpoint(train(config, progress=False), device="cpu"), port=0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -40,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_upload_in_browser_shows_overlay_and_legend(server) -> None:  # noqa: ANN001
+def test_upload_in_browser_shows_overlay_and_legend(server: tuple[str, Path]) -> None:
     url, root = server
     photo = Path(root) / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)).save(photo)

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAINING, tiny_train_config
 
 from agrnet.config import ConfigError, load_config
 from agrnet.data.synth import generate
 from agrnet.train import load_checkpoint, model_from_checkpoint, train
-
-TINY = [
-    "model.backbone=resnet18", "model.channels=16", "model.context_channels=32", "model.edge_channels=8",
-    "model.top_k=2", "data.size=48", "data.workers=0", "optim.batch_size=4", "log_every=1", "val_every=1000",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +24,13 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(root: Path, out: Path, *extra: str):
-    return load_config("synthetic", [f"data.root={root}", f"out_dir={out}", *TINY, *extra])
-
-
 def _losses(out: Path) -> list[float]:
     with open(out / "log.csv") as f:
         return [ast.literal_eval(row["loss_terms"])["total"] for row in csv.DictReader(f)]
 
 
 def test_smoke_training_lowers_the_loss(synthetic_root: Path, tmp_path: Path) -> None:
-    config = _config(synthetic_root, tmp_path / "run", "iterations=40", "val_every=40")
+    config = tiny_train_config(synthetic_root, tmp_path / "run", "iterations=40", "val_every=40")
     last = train(config, progress=False)
     losses = _losses(tmp_path / "run")
     assert len(losses) == 40
@@ -54,10 +46,10 @@ def test_smoke_training_lowers_the_loss(synthetic_root: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
     extra = ["iterations=10", "checkpoint_every=1"]
-    reference = train(_config(synthetic_root, tmp_path / "straight", *extra), progress=False)
+    reference = train(tiny_train_config(synthetic_root, tmp_path / "straight", *extra), progress=False)
 
     out = tmp_path / "killed"
-    args = [f"data.root={synthetic_root}", f"out_dir={out}", *TINY, *extra]
+    args = [f"data.root={synthetic_root}", f"out_dir={out}", *TINY_TRAINING, *extra]
     process = subprocess.Popen(
         [sys.executable, "-m", "agrnet.cli", "train", "--config", "synthetic", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -72,7 +64,7 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
     if sig == signal.SIGTERM:
         assert process.returncode == 0 and b"continue with --resume" in process.stderr.read()
 
-    resumed = train(_config(synthetic_root, out, *extra), resume=True, progress=False)
+    resumed = train(tiny_train_config(synthetic_root, out, *extra), resume=True, progress=False)
     a, b = load_checkpoint(reference)["model"], load_checkpoint(resumed)["model"]
     assert load_checkpoint(resumed)["iteration"] == 10
     for key in a:

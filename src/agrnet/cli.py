@@ -7,11 +7,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.profiling import format_table, profile_model
+
+if TYPE_CHECKING:
+    from agrnet.inference import FaceParser
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -109,8 +113,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(format_results(summary, dataset.spec, helen))
     skipped = summary["skipped"]
-    print(f"scored {summary['images']} of {len(dataset)} images; {len(skipped)} skipped")  # type: ignore[arg-type]
-    for reason in skipped:  # type: ignore[union-attr]
+    print(f"scored {summary['images']} of {len(dataset)} images; {len(skipped)} skipped")
+    for reason in skipped:
         print(f"  SKIPPED {reason}")
     return 1 if skipped else 0
 
@@ -134,7 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from agrnet.demo import run_demo
 
     report = run_demo(args.out, args.overrides, compare_baseline=args.compare_baseline)
-    for name, run in report["runs"].items():  # type: ignore[union-attr]
+    for name, run in report["runs"].items():
         test = run["test"]
         print(f"{name}: held-out test mean F1 {100 * test['mean_f1']:.2f}, mean IoU {100 * test['mean_iou']:.2f} "
               f"({run['train_seconds']} s training)")  # fmt: skip
@@ -150,14 +154,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _load_parser(checkpoint: str, device: str) -> FaceParser:
     from agrnet.inference import FaceParser
+
+    if checkpoint.endswith(".onnx"):
+        return FaceParser.from_onnx(checkpoint)
+    return FaceParser.from_checkpoint(checkpoint, device=device)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
     from agrnet.predict import predict_paths
 
-    if args.checkpoint.endswith(".onnx"):
-        parser = FaceParser.from_onnx(args.checkpoint)
-    else:
-        parser = FaceParser.from_checkpoint(args.checkpoint, device=args.device)
+    parser = _load_parser(args.checkpoint, args.device)
     report = predict_paths(parser, args.inputs, args.out, detect_faces=args.detect_faces, flip=args.flip)
     print(report.summary())
     return 1 if report.failures else 0
@@ -216,13 +224,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agrnet.inference import FaceParser
     from agrnet.serve import make_server
 
-    if args.checkpoint.endswith(".onnx"):
-        parser = FaceParser.from_onnx(args.checkpoint)
-    else:
-        parser = FaceParser.from_checkpoint(args.checkpoint, device=args.device)
+    parser = _load_parser(args.checkpoint, args.device)
     server = make_server(parser, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal, get_type_hints
 import yaml
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation
+from agrnet.losses import LossWeights
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,10 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    """lambda_1..5 of Eq. 11 and the discriminative-loss variant."""
+class LossConfig(LossWeights):
+    """lambda_1..5 of Eq. 11 (inherited: raw, edge, boundary, final, discriminative) and the
+    discriminative-loss variant."""
 
-    raw: float = 1.0
-    edge: float = 1.0
-    boundary: float = 1.0
-    final: float = 0.5
-    discriminative: float = 0.1
     dis_variant: Literal["paper", "code"] = "paper"
     dis_delta: float = 1.0
 
@@ -146,7 +144,7 @@ def shipped_configs() -> list[str]:
                   if p.name.endswith(".yaml"))  # fmt: skip
 
 
-def load_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:  # type: ignore[assignment]
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """A YAML file path, or the name of a shipped config (``lapa``, ``synthetic``, ...; a
     ``configs/<name>.yaml`` path also resolves to it), plus ``a.b=value`` overrides (YAML-typed)."""
     path = Path(name_or_path)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from agrnet.config import TrainConfig, load_config
+from agrnet.config import LossConfig, TrainConfig, load_config
 from agrnet.data.classes import colorize
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.synth import generate, split_counts
@@ -59,7 +61,7 @@ def write_overlays(model: AGRNet, dataset: ParsingDataset, out: Path, count: int
     return paths
 
 
-def run_demo(out: str | Path, overrides: list[str] = (), compare_baseline: bool = False) -> dict[str, object]:  # type: ignore[assignment]
+def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: bool = False) -> dict[str, Any]:
     """Run the main job under ``out``; returns what ``metrics.json`` holds."""
     out = Path(out)
     data_root = out / "data"
@@ -70,7 +72,7 @@ def run_demo(out: str | Path, overrides: list[str] = (), compare_baseline: bool 
         runs["baseline"] = dataclasses.replace(
             base, ablation="baseline", out_dir=str(out / "run_baseline"), loss=_baseline_loss(base)
         )
-    report: dict[str, object] = {"data": str(data_root), "images": split_counts(DEMO_IMAGES), "runs": {}}
+    report: dict[str, Any] = {"data": str(data_root), "images": split_counts(DEMO_IMAGES), "runs": {}}
     tables = []
     for name, config in runs.items():
         start = time.perf_counter()
@@ -80,7 +82,7 @@ def run_demo(out: str | Path, overrides: list[str] = (), compare_baseline: bool 
         model, _ = model_from_checkpoint(checkpoint if checkpoint.is_file() else Path(config.out_dir) / "last.pt")
         test_set = open_split(config.data.kind, config.data.root, "test", config.data.size)
         summary, _ = evaluate_dataset(model, test_set, torch.device("cpu"))
-        report["runs"][name] = {  # type: ignore[index]
+        report["runs"][name] = {
             "variant": config.ablation or "full",
             "checkpoint": str(checkpoint),
             "train_seconds": round(seconds, 1),
@@ -98,6 +100,6 @@ def run_demo(out: str | Path, overrides: list[str] = (), compare_baseline: bool 
     return report
 
 
-def _baseline_loss(config: TrainConfig):  # noqa: ANN202
+def _baseline_loss(config: TrainConfig) -> LossConfig:
     """The baseline of Table I is trained with cross-entropy alone (DESIGN-NOTES §10.14)."""
     return dataclasses.replace(config.loss, raw=0.0, edge=0.0, boundary=0.0, final=1.0, discriminative=0.0)

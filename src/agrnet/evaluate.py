@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def evaluate_dataset(
     batch_size: int = 4,
     workers: int = 0,
     progress: bool = True,
-) -> tuple[dict[str, object], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray]:
     """Score ``model`` on every image of ``dataset``; returns (summary, confusion matrix).
 
     ``label_lut`` maps the model's classes (``model_spec``, default the dataset's) to the dataset's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -82,7 +83,7 @@ def export_model(
     return report
 
 
-def _onnx_runner(path: Path):  # noqa: ANN202
+def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

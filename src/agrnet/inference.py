@@ -125,25 +125,27 @@ class FaceParser:
             images = images.contiguous(memory_format=torch.channels_last)
         return predict_logits(self.model, images, perm, self.amp_dtype)
 
+    def predict(self, image: ImageInput, probabilities: bool = False, flip: bool = False) -> Parsing:
+        """Parse one image at its own size."""
+        return self.predict_batch([image], probabilities, flip)[0]
+
     @torch.no_grad()
-    def predict(
+    def predict_batch(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: Sequence[ImageInput],
         probabilities: bool = False,
         flip: bool = False,
         batch_size: int = 8,
-    ) -> Parsing | list[Parsing]:
-        """Parse one image (returns a ``Parsing``) or a list (returns a list), at each input's size."""
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
+    ) -> list[Parsing]:
+        """Parse several images (any sizes), ``batch_size`` at a time through the network."""
         results: list[Parsing] = []
-        for start in range(0, len(batch), batch_size):
-            arrays = [to_rgb_array(image) for image in batch[start : start + batch_size]]
+        for start in range(0, len(images), batch_size):
+            arrays = [to_rgb_array(image) for image in images[start : start + batch_size]]
             canvases = torch.stack([to_tensor(warp_pair(a, None, self.size)[0]) for a in arrays])
             logits = self._logits(canvases, flip)
             for array, canvas_logits in zip(arrays, logits, strict=True):
                 results.append(_to_input_size(canvas_logits.float(), *array.shape[:2], probabilities))
-        return results[0] if single else results
+        return results
 
 
 # Strips of at most this many output pixels per class keep huge photos within memory.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -34,7 +36,7 @@ def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def summarize(matrix: np.ndarray | torch.Tensor, spec: LabelSpec) -> dict[str, object]:
+def summarize(matrix: np.ndarray | torch.Tensor, spec: LabelSpec) -> dict[str, Any]:
     """Per-class F1, IoU, accuracy and their means.
 
     F1 = 2TP / (GT + Pred); IoU = TP / (GT + Pred - TP); accuracy = TP / GT. A class absent from both
@@ -75,10 +77,9 @@ def merged_f1(matrix: np.ndarray | torch.Tensor, groups: dict[str, tuple[int, ..
     return result
 
 
-def format_results(summary: dict[str, object], spec: LabelSpec, helen: dict[str, float] | None = None) -> str:
+def format_results(summary: dict[str, Any], spec: LabelSpec, helen: dict[str, float] | None = None) -> str:
     """A Markdown table shaped like the paper's Table II: per-class F1 (%) then the means."""
     per_class = summary["per_class"]
-    assert isinstance(per_class, dict)
     names = [n for i, n in enumerate(spec.class_names) if i not in spec.f1_excluded]
     header = names + ["Mean F1", "Mean IoU", "Mean IoU (no bg)", "Mean Acc"]
     values = [per_class[n]["f1"] for n in names] + [

@@ -71,10 +71,10 @@ class FaceDetector:
 def parse_photo(parser: FaceParser, image: np.ndarray, detector: FaceDetector | None, flip: bool) -> np.ndarray:
     """Labels for the whole photo; with a detector each face crop is parsed and pasted back."""
     if detector is None:
-        return parser.predict(image, flip=flip).labels  # type: ignore[union-attr]
+        return parser.predict(image, flip=flip).labels
     labels = np.zeros(image.shape[:2], dtype=np.uint8)
     for x0, y0, x1, y1 in detector(image):
-        crop_labels = parser.predict(image[y0:y1, x0:x1], flip=flip).labels  # type: ignore[union-attr]
+        crop_labels = parser.predict(image[y0:y1, x0:x1], flip=flip).labels
         region = labels[y0:y1, x0:x1]
         np.copyto(region, crop_labels, where=crop_labels > 0)
     return labels

@@ -71,7 +71,7 @@ def parse_upload(parser: FaceParser, data: bytes) -> dict[str, object]:
             rgb = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"not a readable image ({error})") from None
-    labels = parser.predict(rgb).labels  # type: ignore[union-attr]
+    labels = parser.predict(rgb).labels
     blended = overlay(rgb, labels, parser.spec.palette)
     buffer = io.BytesIO()
     Image.fromarray(blended).save(buffer, format="PNG")
@@ -103,13 +103,13 @@ def make_server(parser: FaceParser, host: str = "127.0.0.1", port: int = 8000) -
         def _json(self, status: HTTPStatus, payload: dict[str, object]) -> None:
             self._send(status, json.dumps(payload).encode(), "application/json")
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path != "/parse":
                 self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
                 return
@@ -126,7 +126,7 @@ def make_server(parser: FaceParser, host: str = "127.0.0.1", port: int = 8000) -
                 return
             self._json(HTTPStatus.OK, payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             log.info("%s %s", self.address_string(), format % args)
 
     return ThreadingHTTPServer((host, port), Handler)

@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from agrnet.build import build_agrnet
 from agrnet.config import TrainConfig, from_dict, to_dict
-from agrnet.data.datasets import ParsingDataset, open_split
+from agrnet.data.datasets import ParsingDataset, Split, open_split
 from agrnet.data.transforms import Augmentation
 from agrnet.evaluate import evaluate_dataset
-from agrnet.losses import AGRNetLoss, LossWeights
+from agrnet.losses import AGRNetLoss
 from agrnet.modeling.agrnet import AGRNet
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     amp_dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = AGRNetLoss(
-        LossWeights(config.loss.raw, config.loss.edge, config.loss.boundary, config.loss.final,
-                    config.loss.discriminative),
-        dis_delta=config.loss.dis_delta, dis_variant=config.loss.dis_variant, num_classes=model.num_classes,
+        config.loss, dis_delta=config.loss.dis_delta, dis_variant=config.loss.dis_variant,
+        num_classes=model.num_classes,
     )  # fmt: skip
 
     iteration, best_f1 = 0, -1.0
@@ -276,7 +275,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         import yaml
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None  # noqa: SIM115
+    log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None
     writer = csv.writer(log_file) if log_file else None
     if writer and log_file and log_file.tell() == 0:
         writer.writerow(["iteration", "epoch", "lr", "images_per_s", "loss_terms"])
@@ -365,9 +364,9 @@ def _step(
     return None
 
 
-def _optional_split(config: TrainConfig, split: str) -> ParsingDataset | None:
+def _optional_split(config: TrainConfig, split: Split) -> ParsingDataset | None:
     try:
-        return open_split(config.data.kind, config.data.root, split, config.data.size)  # type: ignore[arg-type]
+        return open_split(config.data.kind, config.data.root, split, config.data.size)
     except ValueError as error:
         log.warning("no %s split (%s): model selection falls back to the last checkpoint", split, error)
         return None

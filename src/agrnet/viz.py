@@ -44,8 +44,8 @@ def _vertex_xy(indices: np.ndarray, grid: tuple[int, int], size: int) -> np.ndar
 
 def plot_vertices(canvas: np.ndarray, output: AGRNetOutput, spec: LabelSpec, k: int, path: Path) -> Path:
     assert output.vertex_indices is not None and output.raw_logits is not None
-    grid = tuple(output.raw_logits.shape[-2:])
-    xy = _vertex_xy(output.vertex_indices[0].cpu().numpy(), grid, canvas.shape[0])  # type: ignore[arg-type]
+    h1, w1 = output.raw_logits.shape[-2:]
+    xy = _vertex_xy(output.vertex_indices[0].cpu().numpy(), (h1, w1), canvas.shape[0])
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(canvas)
     for cls, name in enumerate(spec.class_names):
