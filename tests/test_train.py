@@ -83,3 +83,19 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert load_config("configs/lapa.yaml").model.backbone == "resnet101"
     assert load_config("synthetic", ["optim.lr=1e-3"]).optim.lr == 1e-3
     assert load_config("synthetic", ["ablation=baseline"]).resolved_model().projection == "none"
+
+
+def test_torchrun_two_processes_on_cpu(synthetic_root: Path, tmp_path: Path) -> None:
+    """The torchrun environment selects DistributedDataParallel (gloo on CPU); rank 0 writes."""
+    out = tmp_path / "ddp"
+    args = [f"data.root={synthetic_root}", f"out_dir={out}", *TINY_TRAINING, "iterations=3", "optim.batch_size=2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "agrnet.cli", "train", "--config", "synthetic", *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = load_checkpoint(out / "last.pt")
+    assert state["iteration"] == 3
+    with open(out / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3  # one writer: rank 0

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -191,6 +192,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
     model = build_agrnet(config.resolved_model()).to(device)
+    amp_dtype = autocast_dtype(config.amp, device)
+    if amp_dtype is not None:  # tensor cores prefer NHWC under autocast
+        model.to(memory_format=torch.channels_last)
     train_set = open_split(
         config.data.kind, config.data.root, "train", config.data.size,
         Augmentation(config.data.augment, config.data.flip), config.seed,
@@ -200,7 +204,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             f"model.num_classes={model.num_classes} but {config.data.kind} has {train_set.spec.num_classes} classes"
         )
     val_set = _optional_split(config, "val")
-    if d.world > 1:
+    if d.world > 1 and device.type == "cuda":  # SyncBatchNorm needs GPU collectives
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
     if d.world > 1:
@@ -225,7 +229,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: max(0.0, 1 - it / total) ** config.optim.poly_power
     )
-    amp_dtype = autocast_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = AGRNetLoss(
         config.loss, dis_delta=config.loss.dis_delta, dis_variant=config.loss.dis_variant,
@@ -272,8 +275,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
 
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None
     writer = csv.writer(log_file) if log_file else None
