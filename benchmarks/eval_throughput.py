@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    backbone, size, num, batch = ("resnet18", 128, 60, 4) if args.quick else ("resnet18", 256, 200, 8)
+    backbone, size, num, batch = ("resnet18", 128, 60, 4) if args.quick else ("resnet18", 256, 100, 8)
     if device.type == "cuda" and not args.quick:
         backbone, size = "resnet101", 473
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -90,24 +91,27 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
 
 def variant_overhead(backbone: str, size: int, device: torch.device, warmup: int, repeats: int) -> list[dict]:
+    """Median latency per variant, timed in interleaved rounds (one forward of each variant per round)
+    so that drift in machine speed affects every variant alike."""
     x = torch.randn(1, 3, size, size, device=device)
-    rows, base = [], None
-    for name in ["baseline", *[n for n in ABLATIONS if n != "baseline"]]:
-        model = build_agrnet(ablation(name, ModelConfig(backbone=backbone))).eval().to(device)
-        with torch.no_grad():
-            seconds = median_time(lambda m=model: m(x), device, warmup, repeats)
-        base = base or seconds
-        rows.append(
-            {
-                "variant": name,
-                "backbone": backbone,
-                "size": size,
-                "device": device.type,
-                "latency_ms": round(1000 * seconds, 1),
-                "ratio_to_baseline": round(seconds / base, 4),
-            }
-        )
-        print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
+    names = ["baseline", *[n for n in ABLATIONS if n != "baseline"]]
+    models = {n: build_agrnet(ablation(n, ModelConfig(backbone=backbone))).eval().to(device) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.no_grad():
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        for _ in range(repeats):
+            for name, model in models.items():
+                times[name].append(median_time(lambda m=model: m(x), device, 0, 1))
+    base = statistics.median(times["baseline"])
+    rows = []
+    for name in names:
+        seconds = statistics.median(times[name])
+        rows.append({"variant": name, "backbone": backbone, "size": size, "device": device.type,
+                     "latency_ms": round(1000 * seconds, 1), "ratio_to_baseline": round(seconds / base, 4),
+                     "repeats": repeats})  # fmt: skip
+    print(table(rows, list(rows[0])), flush=True)
     return rows
 
 
@@ -158,9 +162,8 @@ def main() -> None:
         curve = scaling([16, 32], 64, device, 1, 3)
     else:
         gpu = device.type == "cuda"
-        variants = variant_overhead("resnet101", 473, device, 5 if gpu else 1, 20 if gpu else 3)
+        variants = variant_overhead("resnet101", 473, device, 5 if gpu else 1, 30 if gpu else 9)
         curve = scaling([30, 60, 90, 119, 160], 256, device, 5 if gpu else 1, 20 if gpu else 3)
-    print(table(variants, list(variants[0])))
     print(table(curve, list(curve[0])))
     suffix = ("_quick" if args.quick else "") + ("_cuda" if device.type == "cuda" else "_cpu")
     print(f"wrote {write_result('module_overhead' + suffix, {'variants': variants, 'scaling': curve})}")
