@@ -66,6 +66,8 @@ def test_predict_cli_skips_bad_files_and_reports(checkpoint: Path, tmp_path: Pat
     assert status == 1
     assert "6 output(s) written, 3 input(s) failed" in summary
     assert "corrupt.jpg" in summary and "empty.png" in summary and "not an image or video" in summary
+    failed = [line for line in summary.splitlines() if line.startswith("  FAILED")]
+    assert len(failed) == 3 and all(line.count(str(inputs)) == 1 for line in failed), failed
     labels = np.asarray(Image.open(tmp_path / "out" / "ok1_labels.png"))
     assert labels.shape == (40, 30) and labels.max() < 11
     assert (tmp_path / "out" / "ok0_overlay.png").is_file() and (tmp_path / "out" / "ok0_mask.png").is_file()

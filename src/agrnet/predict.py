@@ -26,7 +26,8 @@ class PredictReport:
 
     def summary(self) -> str:
         lines = [f"{len(self.written)} output(s) written, {len(self.failures)} input(s) failed"]
-        lines += [f"  FAILED {path}: {reason}" for path, reason in self.failures]
+        # Loader errors already start with the path; print it once.
+        lines += [f"  FAILED {path}: {reason.removeprefix(f'{path}: ')}" for path, reason in self.failures]
         return "\n".join(lines)
 
 

@@ -55,7 +55,10 @@ def load_image(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except Image.DecompressionBombError as error:
         raise DatasetError(f"{path}: {error}; downscale the image first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        # PIL's own message repeats the path; say what it means instead.
+        raise DatasetError(f"{path}: cannot read image (unknown format); remove or replace the file") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error}); remove or replace the file") from None
 
 
