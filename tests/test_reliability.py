@@ -62,7 +62,7 @@ def test_check_data_lists_every_problem_and_continues(data_root: Path, tmp_path:
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("[")]
     assert len(lines) == 7, out
-    assert f"{train_images[0].name}: cannot read image" in out
+    assert f"{train_images[0].name}: cannot read image (empty file)" in out
     assert f"{train_images[1].name}: cannot read image" in out
     assert "zz_notes.jpg: cannot read image" in out
     assert "label values [77] are outside 0..10" in out

@@ -57,7 +57,8 @@ def load_image(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: {error}; downscale the image first") from None
     except UnidentifiedImageError:
         # PIL's own message repeats the path; say what it means instead.
-        raise DatasetError(f"{path}: cannot read image (unknown format); remove or replace the file") from None
+        reason = "empty file" if path.stat().st_size == 0 else "unknown format"
+        raise DatasetError(f"{path}: cannot read image ({reason}); remove or replace the file") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read image ({error}); remove or replace the file") from None
 
