@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -128,7 +129,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # unpickling errors come as several types
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which is exactly what must not be done here.
+        raise ValueError(
+            f"{path}: refused: the file holds pickled objects other than tensors and plain data. Checkpoints are "
+            "loaded with weights_only=True; files holding pickled code are refused."
+        ) from None
+    except Exception as error:  # a truncated or foreign file fails in several ways
         raise ValueError(
             f"{path}: not a loadable agrnet checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
             "Checkpoints are loaded with weights_only=True; files holding pickled code are refused."
