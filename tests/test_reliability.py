@@ -121,6 +121,13 @@ def test_untrusted_pickle_and_foreign_files_are_refused(tmp_path: Path, capsys) 
     assert main(["predict", str(tmp_path / "missing.pt"), "x.jpg", "--out", str(tmp_path)]) == 2
 
 
+def test_truncated_checkpoint_is_named_as_incomplete(checkpoint: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint.read_bytes()[:50_000])
+    with pytest.raises(ValueError, match=r"cut.pt: not a loadable agrnet checkpoint .*is the file complete"):
+        load_checkpoint(cut)
+
+
 def test_nonfinite_loss_stops_with_step_and_terms(data_root: Path, tmp_path: Path) -> None:
     config = tiny_train_config(data_root, tmp_path, "iterations=30", "optim.lr=1e12")
     with pytest.raises(NonFiniteLossError, match=r"non-finite (loss|gradient) at iteration \d+ \(epoch \d+\): final="):

@@ -137,8 +137,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     except Exception as error:  # a truncated or foreign file fails in several ways
         raise ValueError(
-            f"{path}: not a loadable agrnet checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
-            "Checkpoints are loaded with weights_only=True; files holding pickled code are refused."
+            f"{path}: not a loadable agrnet checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "is the file complete (a copy cut short, an interrupted download)?"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not an agrnet checkpoint (no 'model' and 'config' entries)")
