@@ -359,7 +359,11 @@ def _step(
 
     Under fp16 the GradScaler owns overflow handling: it skips the update and lowers its scale.
     """
-    if not torch.isfinite(loss):
+    # Under DDP every rank must agree, or the ranks that go on to backward wait forever for the others.
+    bad_loss = (~torch.isfinite(loss.detach())).float()
+    if dist.is_initialized():
+        dist.all_reduce(bad_loss)
+    if bad_loss.item():
         return "loss"
     scaler.scale(loss).backward()
     if not scaler.is_enabled():
