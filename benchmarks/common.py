@@ -55,8 +55,14 @@ def median_time(fn: Callable[[], object], device: torch.device, warmup: int, rep
     return statistics.median(times)
 
 
-def write_result(name: str, payload: dict[str, object], out: Path | None = None) -> Path:
-    path = out or RESULTS / f"{name}.json"
+def result_name(question: str, quick: bool, device: torch.device | None = None) -> str:
+    """``question[_quick][_cpu|_cuda]``; no device part for a file that holds several devices."""
+    device_part = "" if device is None else ("_cuda" if device.type == "cuda" else "_cpu")
+    return question + ("_quick" if quick else "") + device_part
+
+
+def write_result(name: str, payload: dict[str, object]) -> Path:
+    path = RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     return path

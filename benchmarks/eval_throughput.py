@@ -18,7 +18,7 @@ from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.datasets import open_split
 from agrnet.data.synth import generate
 from agrnet.evaluate import _collate, _OriginalResolution, evaluate_dataset, predict_logits
-from common import table, write_result
+from common import result_name, sync, table, write_result
 
 
 def main() -> None:
@@ -50,8 +50,7 @@ def main() -> None:
         start = time.perf_counter()
         for images in batches:
             predict_logits(model, images.to(device))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         model_s = time.perf_counter() - start
         start = time.perf_counter()
         evaluate_dataset(model, dataset, device, batch_size=batch, workers=args.workers, progress=False)
@@ -69,8 +68,7 @@ def main() -> None:
         "evaluate_over_model_time": round(total_s / model_s, 3),
     }
     print(table([row], list(row)))
-    suffix = ("_quick" if args.quick else "") + ("_cuda" if device.type == "cuda" else "_cpu")
-    print(f"wrote {write_result('eval_throughput' + suffix, {'rows': [row]})}")
+    print(f"wrote {write_result(result_name('eval_throughput', args.quick, device), {'rows': [row]})}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from agrnet.build import ModelConfig, build_agrnet
-from common import median_time, table, write_result
+from common import median_time, result_name, table, write_result
 
 
 def measure(backbone: str, size: int, batch: int, device: torch.device, mode: str, warmup: int, repeats: int):
@@ -75,7 +75,7 @@ def main() -> None:
                         )
                         print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
     print(table(rows, list(rows[0])))
-    path = write_result("latency_quick" if args.quick else "latency", {"rows": rows})
+    path = write_result(result_name("latency", args.quick), {"rows": rows})
     print(f"wrote {path}")
 
 

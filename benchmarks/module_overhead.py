@@ -20,7 +20,7 @@ from torch import nn
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.modeling.graph import AdaptiveProjection, Classifier, GraphReasoning, Reprojection
-from common import median_time, table, write_result
+from common import median_time, result_name, table, write_result
 
 
 class NonLocal(nn.Module):
@@ -165,8 +165,8 @@ def main() -> None:
         variants = variant_overhead("resnet101", 473, device, 5 if gpu else 1, 30 if gpu else 9)
         curve = scaling([30, 60, 90, 119, 160], 256, device, 5 if gpu else 1, 20 if gpu else 3)
     print(table(curve, list(curve[0])))
-    suffix = ("_quick" if args.quick else "") + ("_cuda" if device.type == "cuda" else "_cpu")
-    print(f"wrote {write_result('module_overhead' + suffix, {'variants': variants, 'scaling': curve})}")
+    path = write_result(result_name("module_overhead", args.quick, device), {"variants": variants, "scaling": curve})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

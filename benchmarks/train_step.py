@@ -13,7 +13,7 @@ import torch
 from agrnet.build import ModelConfig, build_agrnet
 from agrnet.edges import label_edges
 from agrnet.losses import AGRNetLoss
-from common import median_time, table, write_result
+from common import median_time, result_name, table, write_result
 from module_overhead import saved_bytes
 
 
@@ -77,8 +77,7 @@ def main() -> None:
             rows.append(measure(backbone, size, batch, device, amp, 3 if gpu else 1, 10 if gpu else 3))
             print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
     print(table(rows, list(rows[0])))
-    suffix = ("_quick" if args.quick else "") + ("_cuda" if gpu else "_cpu")
-    print(f"wrote {write_result('train_step' + suffix, {'rows': rows})}")
+    print(f"wrote {write_result(result_name('train_step', args.quick, device), {'rows': rows})}")
 
 
 if __name__ == "__main__":
