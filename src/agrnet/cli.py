@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
+from agrnet.data.classes import LABEL_SPECS
 from agrnet.profiling import format_table, profile_model
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from agrnet.data.classes import HELEN_GROUPS, LABEL_MAPS, LABEL_SPECS, label_map_lut
+    from agrnet.data.classes import HELEN_GROUPS, LABEL_MAPS, label_map_lut
     from agrnet.data.datasets import open_split
     from agrnet.evaluate import evaluate_dataset
     from agrnet.metrics import format_results, merged_f1
@@ -203,7 +204,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from agrnet.data.classes import LABEL_SPECS
     from agrnet.data.datasets import load_image
     from agrnet.train import model_from_checkpoint
     from agrnet.viz import visualize
@@ -261,7 +261,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _add_check_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="read every sample of a dataset and list all problems")
     p.add_argument("data")
-    p.add_argument("--kind", required=True, choices=["lapa", "synthetic", "helen", "celebamask_hq", "lip"])
+    p.add_argument("--kind", required=True, choices=sorted(LABEL_SPECS))
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
     p.set_defaults(func=_cmd_check_data)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from agrnet.data.classes import CELEBAMASK_HQ, HELEN, LABEL_SPECS, LAPA, LIP, LabelSpec
+from agrnet.data.classes import HELEN, LABEL_SPECS, LabelSpec
 from agrnet.data.transforms import IGNORE_INDEX, Augmentation, to_tensor, warp_pair
 from agrnet.edges import label_edges
 
@@ -276,14 +276,6 @@ READERS: dict[str, Callable[[Path, Split], list[Sample]]] = {
     "celebamask_hq": celebamask_hq_samples,
     "lip": lip_samples,
 }
-# Which label spec each reader's classes follow.
-READER_SPECS: dict[str, LabelSpec] = {
-    "lapa": LAPA,
-    "synthetic": LABEL_SPECS["synthetic"],
-    "helen": HELEN,
-    "celebamask_hq": CELEBAMASK_HQ,
-    "lip": LIP,
-}
 
 
 def open_split(
@@ -296,7 +288,7 @@ def open_split(
 ) -> ParsingDataset:
     if kind not in READERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
-    return ParsingDataset(READERS[kind](Path(root), split), READER_SPECS[kind], size, augmentation, seed)
+    return ParsingDataset(READERS[kind](Path(root), split), LABEL_SPECS[kind], size, augmentation, seed)
 
 
 def check_dataset(kind: str, root: str | Path, splits: tuple[Split, ...] = ("train", "val", "test")) -> list[str]:
