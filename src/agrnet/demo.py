@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from agrnet.config import LossConfig, TrainConfig, load_config
-from agrnet.data.classes import colorize
+from agrnet.data.classes import overlay
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.synth import generate, split_counts
-from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
-from agrnet.evaluate import evaluate_dataset, predict_logits
+from agrnet.evaluate import evaluate_dataset
+from agrnet.inference import FaceParser
 from agrnet.metrics import format_results
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.train import model_from_checkpoint, train
@@ -35,25 +35,15 @@ def ensure_synthetic(root: Path, num: int = DEMO_IMAGES, size: int = DEMO_IMAGE_
     generate(root, num, size, seed)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a colourised label map over an (H, W, 3) uint8 RGB image; background stays unblended."""
-    colours = colorize(labels, palette).astype(np.float32)
-    mask = (labels > 0)[..., None]
-    blended = np.where(mask, (1 - alpha) * image + alpha * colours, image)
-    return blended.astype(np.uint8)
-
-
 def write_overlays(model: AGRNet, dataset: ParsingDataset, out: Path, count: int = 4) -> list[Path]:
     """Image | ground truth | prediction strips for the first ``count`` samples."""
     out.mkdir(parents=True, exist_ok=True)
-    model.eval()
+    parser = FaceParser(dataset.spec, dataset.size, model=model)
+    palette = dataset.spec.palette
     paths = []
     for index in range(min(count, len(dataset))):
         image, labels = dataset.load(index)
-        canvas, _ = warp_pair(image, None, dataset.size)
-        logits = predict_logits(model, to_tensor(canvas)[None])
-        prediction = unletterbox(logits, *labels.shape).argmax(1)[0].numpy().astype(np.uint8)
-        palette = dataset.spec.palette
+        prediction = parser.predict(image).labels
         strip = np.concatenate([image, overlay(image, labels, palette), overlay(image, prediction, palette)], 1)
         path = out / f"overlay_{index:02d}.png"
         cv2.imwrite(str(path), strip[..., ::-1])

@@ -9,9 +9,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from agrnet.data.classes import colorize
+from agrnet.data.classes import colorize, overlay
 from agrnet.data.datasets import IMAGE_SUFFIXES, DatasetError, load_image
-from agrnet.demo import overlay
 from agrnet.inference import FaceParser
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from agrnet.demo import overlay
+from agrnet.data.classes import overlay
 from agrnet.inference import FaceParser
 
 log = logging.getLogger(__name__)

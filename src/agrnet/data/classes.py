@@ -139,3 +139,11 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     lut = np.full((256, 3), 255, dtype=np.uint8)
     lut[: len(palette)] = palette
     return lut[labels]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colourised label map over an (H, W, 3) uint8 RGB image; background stays unblended."""
+    colours = colorize(labels, palette).astype(np.float32)
+    mask = (labels > 0)[..., None]
+    blended = np.where(mask, (1 - alpha) * image + alpha * colours, image)
+    return blended.astype(np.uint8)
