@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.modeling.backbone import DilationMode, build_resnet_backbone
+from agrnet.modeling.backbone import DilationMode, build_backbone
 from agrnet.modeling.context import PyramidPooling
 from agrnet.modeling.edge import EdgePerceiving
 from agrnet.modeling.graph import (
@@ -30,12 +30,14 @@ class ModelConfig:
     use_graph: graph reasoning; off means X̂_G = X_G.
     mask_projection_with_edge: the reference code's P <- P * E (not in the paper).
     pretrained: None, a torchvision weight name ("IMAGENET1K_V1", "DEFAULT") or a local .pth path.
+    output_stride: of the context features; ResNets 8 (the paper), mobilenet_v2 8 or 16.
     """
 
     num_classes: int = 11
     backbone: str = "resnet101"
     dilation: DilationMode = "paper"
     pretrained: str | None = None
+    output_stride: int = 8
     projection: Projection = "adaptive"
     use_edge: bool = True
     use_graph: bool = True
@@ -71,7 +73,7 @@ def build_agrnet(config: ModelConfig) -> AGRNet:
         raise ValueError("use_edge needs a graph projection (projection='adaptive' or 'spatial')")
     if config.use_graph and config.projection == "none":
         raise ValueError("use_graph needs a graph projection (projection='adaptive' or 'spatial')")
-    backbone = build_resnet_backbone(config.backbone, config.pretrained, config.dilation)
+    backbone = build_backbone(config.backbone, config.pretrained, config.dilation, config.output_stride)
     c2, c3, c4, c5 = backbone.feature_info
     context = PyramidPooling(c5.channels, config.context_channels)
     fusion = Fusion(c2.channels, context.out_channels, config.channels)

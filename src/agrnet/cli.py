@@ -13,6 +13,7 @@ import torch
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.data.classes import LABEL_SPECS
+from agrnet.data.datasets import READERS
 from agrnet.profiling import format_table, profile_model
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lut = label_map_lut(args.label_map)
         source, kind = LABEL_MAPS[args.label_map][0], LABEL_MAPS[args.label_map][1]
         model_spec = LABEL_SPECS[source]
-    dataset = open_split(kind, args.data or config.data.root, args.split, config.data.size)
+    dataset = open_split(kind, args.data or config.data.root, args.split, config.data.size, classes=config.data.classes)
     summary, matrix = evaluate_dataset(
         model.to(device), dataset, device, flip=args.flip, label_lut=lut, model_spec=model_spec,
         batch_size=args.batch_size, workers=args.workers,
@@ -188,7 +189,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from agrnet.train import model_from_checkpoint
 
     model, config = model_from_checkpoint(args.checkpoint)
-    report = export_model(model, args.out, config.data.size, config.data.kind, args.format)
+    report = export_model(model, args.out, config.data.size, config.data.spec().name, args.format)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -210,7 +211,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
     model, config = model_from_checkpoint(args.checkpoint)
     image = load_image(Path(args.image))
-    for path in visualize(model, LABEL_SPECS[config.data.kind], image, config.data.size, args.out):
+    for path in visualize(model, config.data.spec(), image, config.data.size, args.out):
         print(path)
     return 0
 
@@ -251,7 +252,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from agrnet.data.datasets import check_dataset
 
-    problems = check_dataset(args.kind, args.data, tuple(args.splits))
+    problems = check_dataset(args.kind, args.data, tuple(args.splits), args.classes)
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s) found in {args.data}")
@@ -261,7 +262,8 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _add_check_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="read every sample of a dataset and list all problems")
     p.add_argument("data")
-    p.add_argument("--kind", required=True, choices=sorted(LABEL_SPECS))
+    p.add_argument("--kind", required=True, choices=sorted(READERS))
+    p.add_argument("--classes", choices=sorted(LABEL_SPECS), help="label spec of a --kind folder dataset")
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
     p.set_defaults(func=_cmd_check_data)
 

@@ -17,25 +17,35 @@ from typing import Any, Literal, get_type_hints
 import yaml
 
 from agrnet.build import ABLATIONS, ModelConfig, ablation
+from agrnet.data.classes import LabelSpec
+from agrnet.data.datasets import label_spec
 from agrnet.losses import LossWeights
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """kind: lapa | synthetic | helen | celebamask_hq | lip. size: square training canvas (paper 473)."""
+    """kind: lapa | synthetic | helen | celebamask_hq | lip | folder. size: square training canvas
+    (paper 473). classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq); other kinds
+    have their own."""
 
     kind: str = "lapa"
     root: str = ""
+    classes: str | None = None
     size: int = 473
     augment: Literal["paper", "code", "none"] = "paper"
     flip: bool = False
     workers: int = 2
 
+    def spec(self) -> LabelSpec:
+        return label_spec(self.kind, self.classes)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with poly decay lr = lr * (1 - it / max_it) ** power, per iteration (paper recipe)."""
+    """SGD (the paper's recipe) or AdamW (decoupled weight decay; momentum unused), with poly decay
+    lr = lr * (1 - it / max_it) ** power per iteration."""
 
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -94,7 +94,7 @@ class FaceParser:
 
         torch_device = resolve_device(device)
         model, config = model_from_checkpoint(path, torch_device)
-        return cls(LABEL_SPECS[config.data.kind], config.data.size, model=model, device=torch_device)
+        return cls(config.data.spec(), config.data.size, model=model, device=torch_device)
 
     @classmethod
     def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> FaceParser:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agrnet.build import build_agrnet
-from agrnet.config import TrainConfig, from_dict, to_dict
+from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
 from agrnet.data.datasets import ParsingDataset, Split, open_split
 from agrnet.data.transforms import Augmentation
 from agrnet.evaluate import evaluate_dataset
@@ -204,7 +204,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         model.to(memory_format=torch.channels_last)
     train_set = open_split(
         config.data.kind, config.data.root, "train", config.data.size,
-        Augmentation(config.data.augment, config.data.flip), config.seed,
+        Augmentation(config.data.augment, config.data.flip), config.seed, config.data.classes,
     )  # fmt: skip
     if train_set.spec.num_classes != model.num_classes:
         raise ValueError(
@@ -226,12 +226,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         train_set, batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )  # fmt: skip
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.optim.lr,
-        momentum=config.optim.momentum,
-        weight_decay=config.optim.weight_decay,
-    )
+    optimizer = build_optimizer(model, config.optim)
     total = config.iterations
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: max(0.0, 1 - it / total) ** config.optim.poly_power
@@ -352,6 +347,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     return last_path
 
 
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
 def _step(
     loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> str | None:
@@ -378,7 +379,7 @@ def _step(
 
 def _optional_split(config: TrainConfig, split: Split) -> ParsingDataset | None:
     try:
-        return open_split(config.data.kind, config.data.root, split, config.data.size)
+        return open_split(config.data.kind, config.data.root, split, config.data.size, classes=config.data.classes)
     except ValueError as error:
         log.warning("no %s split (%s): model selection falls back to the last checkpoint", split, error)
         return None

@@ -186,9 +186,10 @@ def _pair_by_stem(images: list[Path], label_dir: Path, where: str) -> list[Sampl
     return [Sample(p, (labels[p.stem],)) for p in images]
 
 
-def lapa_samples(root: Path, split: Split) -> list[Sample]:
-    """LaPa layout ``{train,val,test}/{images/*.jpg, labels/*.png, landmarks/*.txt}`` (landmarks unused)."""
-    _require_dirs(root, [f"{split}/images", f"{split}/labels"], "LaPa")
+def folder_samples(root: Path, split: Split, dataset: str = "image folder") -> list[Sample]:
+    """``{train,val,test}/{images/*.jpg, labels/*.png}``: index-label PNGs paired with images by stem
+    (LaPa's layout; its ``landmarks/`` folder is unused)."""
+    _require_dirs(root, [f"{split}/images", f"{split}/labels"], dataset)
     return _pair_by_stem(_images_in(root / split / "images"), root / split / "labels", f"{root / split}")
 
 
@@ -269,13 +270,28 @@ def celebamask_hq_samples(root: Path, split: Split) -> list[Sample]:
     return samples
 
 
+def lapa_samples(root: Path, split: Split) -> list[Sample]:
+    return folder_samples(root, split, "LaPa")
+
+
 READERS: dict[str, Callable[[Path, Split], list[Sample]]] = {
+    "folder": folder_samples,
     "lapa": lapa_samples,
     "synthetic": lapa_samples,
     "helen": helen_samples,
     "celebamask_hq": celebamask_hq_samples,
     "lip": lip_samples,
 }
+
+
+def label_spec(kind: str, classes: str | None = None) -> LabelSpec:
+    """The classes of a dataset: its own for the named kinds, ``classes`` for a generic ``folder``."""
+    name = classes or kind
+    if kind == "folder" and not classes:
+        raise DatasetError(f"data.kind=folder needs data.classes, one of {sorted(LABEL_SPECS)}")
+    if name not in LABEL_SPECS:
+        raise DatasetError(f"unknown label spec {name!r}; choose one of {sorted(LABEL_SPECS)}")
+    return LABEL_SPECS[name]
 
 
 def open_split(
@@ -285,13 +301,18 @@ def open_split(
     size: int,
     augmentation: Augmentation | None = None,
     seed: int = 0,
+    classes: str | None = None,
 ) -> ParsingDataset:
+    """One split of a dataset; ``classes`` names the label spec of a ``folder`` dataset."""
     if kind not in READERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; choose one of {sorted(READERS)}")
-    return ParsingDataset(READERS[kind](Path(root), split), LABEL_SPECS[kind], size, augmentation, seed)
+    spec = label_spec(kind, classes)
+    return ParsingDataset(READERS[kind](Path(root), split), spec, size, augmentation, seed)
 
 
-def check_dataset(kind: str, root: str | Path, splits: tuple[Split, ...] = ("train", "val", "test")) -> list[str]:
+def check_dataset(
+    kind: str, root: str | Path, splits: tuple[Split, ...] = ("train", "val", "test"), classes: str | None = None
+) -> list[str]:
     """Load every sample of every split and return one line per problem (empty when all is well).
 
     Problems do not stop the check: the whole dataset is read and everything wrong is listed.
@@ -301,7 +322,7 @@ def check_dataset(kind: str, root: str | Path, splits: tuple[Split, ...] = ("tra
     problems = []
     for split in splits:
         try:
-            dataset = open_split(kind, root, split, size=32)
+            dataset = open_split(kind, root, split, size=32, classes=classes)
         except DatasetError as error:
             problems.append(f"[{split}] {error}")
             continue

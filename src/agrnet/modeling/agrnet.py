@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agrnet.modeling.backbone import ResNetBackbone
+from agrnet.modeling.backbone import Backbone
 from agrnet.modeling.context import PyramidPooling
 from agrnet.modeling.edge import EdgePerceiving
 from agrnet.modeling.graph import (
@@ -51,7 +51,7 @@ class AGRNet(nn.Module):
 
     def __init__(
         self,
-        backbone: ResNetBackbone,
+        backbone: Backbone,
         context: PyramidPooling,
         fusion: Fusion,
         head: Classifier,
