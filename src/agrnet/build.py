@@ -51,7 +51,8 @@ class ModelConfig:
 # Table I(a) of the paper, one entry per row: the switches that differ from the full model.
 ABLATIONS: dict[str, dict[str, object]] = {
     "baseline": {"projection": "none", "use_edge": False, "use_graph": False},
-    "spatial": {"projection": "spatial", "use_edge": False, "use_graph": False},
+    # EAGRNet's construction (DESIGN-NOTES §14): pooled edge-masked features, then GCN and reprojection.
+    "spatial": {"projection": "spatial", "use_edge": True, "use_graph": True},
     "adaptive": {"projection": "adaptive", "use_edge": False, "use_graph": False},
     "adaptive_graph": {"projection": "adaptive", "use_edge": False, "use_graph": True},
     "adaptive_edge": {"projection": "adaptive", "use_edge": True, "use_graph": False},

@@ -62,17 +62,30 @@ class LossConfig(LossWeights):
     dis_delta: float = 1.0
 
 
+# The losses each Table I(a) row trains with. The baseline is Table I(b) row 1 (cross-entropy alone,
+# DESIGN-NOTES §14); the graph variants take the full objective (Table I(b) row 4), whose terms
+# drop out where the variant lacks the output (no Z0: no raw loss; no edge module: no edge loss).
+_PAPER_WEIGHTS = dataclasses.asdict(LossWeights())
+ABLATION_LOSSES: dict[str, dict[str, float]] = {
+    "baseline": {"raw": 0.0, "edge": 0.0, "boundary": 0.0, "final": 1.0, "discriminative": 0.0},
+    **{name: _PAPER_WEIGHTS for name in ABLATIONS if name != "baseline"},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs. ``iterations`` is the schedule length; ``ablation`` (a Table I(a)
-    row name) overrides the model switches. ``amp``: auto = bf16 (or fp16 where bf16 is unsupported)
-    on CUDA, off on CPU. ``on_nonfinite``: stop (default) or skip a step whose loss is NaN/inf."""
+    row name) overrides the model switches and, unless ``ablation_losses`` is false, the loss weights
+    (``ABLATION_LOSSES``: the baseline trains with cross-entropy alone, Table I(b) row 1).
+    ``amp``: auto = bf16 (or fp16 where bf16 is unsupported) on CUDA, off on CPU.
+    ``on_nonfinite``: stop (default) or skip a step whose loss is NaN/inf."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ablation: str | None = None
+    ablation_losses: bool = True
     iterations: int = 50_000
     seed: int = 0
     out_dir: str = "runs/default"
@@ -86,6 +99,12 @@ class TrainConfig:
 
     def resolved_model(self) -> ModelConfig:
         return self.model if self.ablation is None else ablation(self.ablation, self.model)
+
+    def resolved_loss(self) -> LossConfig:
+        """The loss weights this run trains with: ``loss`` as given, or its ablation's row."""
+        if self.ablation is None or not self.ablation_losses:
+            return self.loss
+        return dataclasses.replace(self.loss, **ABLATION_LOSSES[self.ablation])
 
 
 class ConfigError(ValueError):

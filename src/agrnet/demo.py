@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from agrnet.config import LossConfig, TrainConfig, load_config
+from agrnet.config import load_config
 from agrnet.data.classes import overlay
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.synth import generate, split_counts
@@ -60,7 +60,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
     runs = {"agrnet": base}
     if compare_baseline:
         runs["baseline"] = dataclasses.replace(
-            base, ablation="baseline", out_dir=str(out / "run_baseline"), loss=_baseline_loss(base)
+            base, ablation="baseline", out_dir=str(out / "run_baseline")
         )
     report: dict[str, Any] = {"data": str(data_root), "images": split_counts(DEMO_IMAGES), "runs": {}}
     tables = []
@@ -89,7 +89,3 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
     (out / "results.md").write_text("# agrnet demo results (F1 / IoU in %)\n\n" + "\n\n".join(tables) + "\n")
     return report
 
-
-def _baseline_loss(config: TrainConfig) -> LossConfig:
-    """The baseline of Table I is trained with cross-entropy alone (DESIGN-NOTES §10.14)."""
-    return dataclasses.replace(config.loss, raw=0.0, edge=0.0, boundary=0.0, final=1.0, discriminative=0.0)

@@ -232,8 +232,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         optimizer, lambda it: max(0.0, 1 - it / total) ** config.optim.poly_power
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_config = config.resolved_loss()
     criterion = AGRNetLoss(
-        config.loss, dis_delta=config.loss.dis_delta, dis_variant=config.loss.dis_variant,
+        loss_config, dis_delta=loss_config.dis_delta, dis_variant=loss_config.dis_variant,
         num_classes=model.num_classes,
     )  # fmt: skip
 

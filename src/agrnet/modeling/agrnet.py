@@ -19,6 +19,7 @@ from agrnet.modeling.graph import (
     Reprojection,
     SpatialProjection,
 )
+from agrnet.modeling.layers import full_precision
 
 
 @dataclass
@@ -104,7 +105,9 @@ class AGRNet(nn.Module):
                 edge_features = x0 * edge_prob
                 non_edge_features = x0 * (1 - edge_prob)
             if self.raw_head is not None:
-                out.raw_logits = self.raw_head(x0)
+                # fp32 even under autocast: bf16 logits tie often enough to change the top-K vertices.
+                with full_precision(x0.device):
+                    out.raw_logits = self.raw_head(x0.float())
             source = non_edge_features if self.raw_head is not None else edge_features
             vertices, out.vertex_indices = self.projection(source, out.raw_logits)
             reasoned = vertices if self.reasoning is None else self.reasoning(vertices)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agrnet.modeling.layers import ConvBNAct
+from agrnet.modeling.layers import ConvBNAct, full_precision
 
 
 class Fusion(nn.Module):
@@ -136,8 +136,10 @@ class Reprojection(nn.Module):
         """vertices X_G and reasoned X̂_G (N, C, V), edge_features X_e (N, C, H1, W1),
         edge_prob E (N, 1, H1, W1) or None -> X_P (N, C, H1, W1) and P (N, V, H1*W1)."""
         n, c, h, w = edge_features.shape
-        similarity = torch.bmm(vertices.transpose(1, 2), edge_features.flatten(2))
-        projection = similarity.softmax(dim=1)
-        if self.mask_with_edge and edge_prob is not None:
-            projection = projection * edge_prob.flatten(2)
-        return torch.bmm(reasoned, projection).view(n, c, h, w), projection
+        # fp32 even under autocast: in bf16 the similarity changed P's argmax on ~5 % of pixels.
+        with full_precision(edge_features.device):
+            similarity = torch.bmm(vertices.float().transpose(1, 2), edge_features.float().flatten(2))
+            projection = similarity.softmax(dim=1)
+            if self.mask_with_edge and edge_prob is not None:
+                projection = projection * edge_prob.float().flatten(2)
+            return torch.bmm(reasoned.float(), projection).view(n, c, h, w), projection

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import nn
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """An fp32 region inside autocast; a no-op on devices without autocast (the meta device)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class ConvBNAct(nn.Sequential):
