@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,8 +27,9 @@ from agrnet.losses import LossWeights
 @dataclass(frozen=True)
 class DataConfig:
     """kind: lapa | synthetic | helen | celebamask_hq | lip | folder. size: square training canvas
-    (paper 473). classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq); other kinds
-    have their own."""
+    (paper 473, at least 32). classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq);
+    other kinds have their own. skip_bad_samples: skip unreadable samples during training (counted
+    and listed at the end) instead of stopping at the first."""
 
     kind: str = "lapa"
     root: str = ""
@@ -35,6 +38,7 @@ class DataConfig:
     augment: Literal["paper", "code", "none"] = "paper"
     flip: bool = False
     workers: int = 2
+    skip_bad_samples: bool = False
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
@@ -165,7 +169,43 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     config = _from_dict(TrainConfig, values, "")
     if config.ablation is not None and config.ablation not in ABLATIONS:
         raise ConfigError(f"ablation must be one of {sorted(ABLATIONS)}, got {config.ablation!r}")
+    check_ranges(config)
     return config
+
+
+# The smallest canvas: the backbone divides it by up to 16, and the pyramid pooling and top-K vertex
+# selection need a feature grid of at least 2 x 2.
+MIN_SIZE = 32
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Refuse values that would crash later or train on nothing, before any work starts."""
+    at_least = {
+        "iterations": (config.iterations, 1), "checkpoint_every": (config.checkpoint_every, 1),
+        "val_every": (config.val_every, 1), "log_every": (config.log_every, 1), "threads": (config.threads, 0),
+        "optim.batch_size": (config.optim.batch_size, 1), "data.size": (config.data.size, MIN_SIZE),
+        "data.workers": (config.data.workers, 0), "model.num_classes": (config.model.num_classes, 1),
+        "model.top_k": (config.model.top_k, 1), "model.channels": (config.model.channels, 1),
+        "model.context_channels": (config.model.context_channels, 1),
+        "model.edge_channels": (config.model.edge_channels, 1),
+    }  # fmt: skip
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be at least {low}, got {value}")
+    # poly_power 0 is a constant learning rate; a negative power divides by zero at the last iteration.
+    non_negative = {
+        "optim.poly_power": config.optim.poly_power, "optim.momentum": config.optim.momentum,
+        "optim.weight_decay": config.optim.weight_decay, "loss.dis_delta": config.loss.dis_delta,
+        **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossWeights)},
+    }  # fmt: skip
+    for key, value in non_negative.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+    if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
+        raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
 
 
 def shipped_configs() -> list[str]:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agrnet.build import build_agrnet
-from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
+from agrnet.config import DEVICE_PATTERN, OptimConfig, TrainConfig, from_dict, to_dict
 from agrnet.data.datasets import ParsingDataset, Split, open_split
 from agrnet.data.transforms import Augmentation
 from agrnet.evaluate import evaluate_dataset
@@ -87,11 +87,19 @@ def setup_distributed(device: str) -> Distributed:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps -> a device that exists on this machine, or a ValueError."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: MPS is not available on this machine; use cpu or auto")
+    return device
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
