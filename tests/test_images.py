@@ -93,6 +93,18 @@ def test_exif_orientation_is_applied() -> None:
     assert upright.sum() == 255
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_max_side_shrinks_after_orientation(fmt: str) -> None:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (1600, 900), (200, 100, 50)).save(buffer, format=fmt, exif=exif)
+    shrunk = decode_image(buffer.getvalue(), max_side=400)
+    assert shrunk.shape == (400, 225, 3)
+    assert np.abs(shrunk.astype(int) - (200, 100, 50)).max() <= 3
+    assert decode_image(buffer.getvalue(), max_side=5000).shape == (1600, 900, 3)
+
+
 def test_messages_for_empty_unknown_missing_and_truncated(tmp_path: Path) -> None:
     empty, text, truncated = tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "cut.png"
     empty.write_bytes(b"")

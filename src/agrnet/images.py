@@ -18,6 +18,7 @@ import re
 import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -92,21 +93,42 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_image(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def decode_image(
+    source: Path | bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    max_side: int | None = None,
+) -> np.ndarray:
     """A file path or encoded bytes -> (H, W, 3) uint8 RGB as displayed (EXIF orientation applied).
 
     Grayscale, palette, RGBA (alpha dropped) and 16-bit images are accepted. The pixel budget and
     OpenCV's side limit are checked from the header before decoding; every failure is an
     ``ImageError`` with one line naming ``name`` (default: the path, or "upload" for bytes).
+    ``max_side`` shrinks the result (aspect kept) so that its longer side is at most that many
+    pixels; JPEGs are then decoded at 1/2, 1/4 or 1/8 scale directly, which is much cheaper.
     """
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
     label = _label(source, name)
     with _open(source, label) as image:
         check_size(*image.size, max_pixels=max_pixels, label=label)
         try:
+            if max_side is not None:
+                image.draft(image.mode, _fit(image.size, max_side))  # no-op for formats other than JPEG
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
-            return _to_rgb(image)
+            rgb = _to_rgb(image)
         except Image.DecompressionBombError as error:  # e.g. from a multi-frame plugin's load
             raise ImageError(f"{label}: {error}; downscale the image or raise the limit") from None
         except _DECODE_ERRORS as error:
             raise ImageError(f"{label}: cannot read image ({error}); remove or replace the file") from None
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        width, height = _fit((rgb.shape[1], rgb.shape[0]), max_side)
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so that the longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
