@@ -1,0 +1,164 @@
+"""MTCNN detection, similarity alignment and paste-back (agrnet.detection)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from agrnet.detection import FACE_TEMPLATE, MTCNN, Face, align_face, alignment_matrix, parse_photo_faces, paste_back
+from agrnet.detection.mtcnn import WEIGHTS_DIR
+
+VAL_IMAGES = Path("/work/shared/data/celebamask-mini/val/images")
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()  # public domain, 512x512 RGB, one face
+
+
+def assert_plausible(face: Face) -> None:
+    """Eyes above the nose above the mouth, left before right, all inside the box."""
+    assert face.box.shape == (4,) and face.landmarks.shape == (5, 2) and face.landmarks.dtype == np.float32
+    (eye_l, eye_r, nose, mouth_l, mouth_r), (x0, y0, x1, y1) = face.landmarks, face.box
+    assert eye_l[0] < eye_r[0] and mouth_l[0] < mouth_r[0]
+    assert max(eye_l[1], eye_r[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+    assert (face.landmarks[:, 0] > x0).all() and (face.landmarks[:, 0] < x1).all()
+    assert (face.landmarks[:, 1] > y0).all() and (face.landmarks[:, 1] < y1).all()
+    assert face.score > 0.9
+
+
+def test_astronaut_has_exactly_one_face_with_plausible_landmarks(detector: MTCNN, astronaut: np.ndarray) -> None:
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1
+    assert_plausible(faces[0])
+    x0, y0, x1, y1 = faces[0].box
+    assert 150 < x0 < x1 < 300 and 30 < y0 < y1 < 200  # her face, not the flag or the helmet
+
+
+def test_real_aligned_face_lands_on_the_template(detector: MTCNN) -> None:
+    if not VAL_IMAGES.is_dir():
+        pytest.skip(f"{VAL_IMAGES} is absent (celebamask-mini is not shipped with the repository)")
+    image = np.asarray(Image.open(sorted(VAL_IMAGES.glob("*.jpg"))[0]).convert("RGB"))
+    faces = detector.detect(image)
+    assert faces
+    assert_plausible(faces[0])
+    size = image.shape[1]
+    assert np.abs(faces[0].landmarks - FACE_TEMPLATE * size / 512).max() < 0.1 * size
+
+
+def test_odd_sizes_and_grayscale_inputs(detector: MTCNN, astronaut: np.ndarray) -> None:
+    reference = detector.detect(astronaut)[0].landmarks
+    crop = np.ascontiguousarray(astronaut[13:400, 7:391])  # 387 x 384
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    for image in (crop, gray, np.repeat(gray[..., None], 3, axis=2)):
+        faces = detector.detect(image)
+        assert len(faces) == 1
+        assert_plausible(faces[0])
+        assert np.abs(faces[0].landmarks + [7, 13] - reference).max() < 6
+    aligned, matrix = align_face(crop, faces[0].landmarks, 173)
+    assert aligned.shape == (173, 173, 3) and aligned.dtype == np.uint8 and matrix.shape == (2, 3)
+
+
+def test_photos_without_faces_give_no_faces(detector: MTCNN) -> None:
+    gray = np.full((241, 319, 3), 128, dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    tiny = np.zeros((5, 7, 3), dtype=np.uint8)  # smaller than P-Net's 12 px window
+    for image in (gray, noise, tiny):
+        assert detector.detect(image) == []
+
+
+def test_corrupted_weight_file_is_refused(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, weights)
+    data = bytearray((weights / "rnet.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (weights / "rnet.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"rnet\.pt: sha256 [0-9a-f]{64} != expected .* corrupted"):
+        MTCNN(weights_dir=weights)
+
+
+def similar_landmarks(scale: float, degrees: float, centre: tuple[float, float], size: int) -> np.ndarray:
+    """FACE_TEMPLATE for a size crop, scaled, rotated and moved: landmarks of a tilted face in a photo."""
+    template = FACE_TEMPLATE * size / 512
+    rotation = cv2.getRotationMatrix2D((size / 2, size / 2), degrees, scale)
+    rotation[:, 2] += np.asarray(centre) - size / 2
+    return cv2.transform(template[None], rotation)[0]
+
+
+def test_alignment_matrix_undoes_a_similarity() -> None:
+    landmarks = similar_landmarks(0.7, 25.0, (300.0, 200.0), 256)
+    mapped = cv2.transform(landmarks[None], alignment_matrix(landmarks, 256))[0]
+    np.testing.assert_allclose(mapped, FACE_TEMPLATE * 256 / 512, atol=1e-3)
+
+
+def test_label_map_survives_warp_and_paste_back() -> None:
+    height, width, size, num_classes = 301, 397, 256, 4
+    ys, xs = np.mgrid[:height, :width]
+    radius = np.hypot(xs - 210, ys - 140)
+    labels = np.digitize(radius, [35, 70, 105]).astype(np.uint8)  # rings: classes 0..3 around the face centre
+    matrix = alignment_matrix(similar_landmarks(0.8, 20.0, (210.0, 140.0), size), size)
+    crop = cv2.warpAffine(labels, matrix, (size, size), flags=cv2.INTER_NEAREST)
+    one_hot = (crop[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
+
+    pasted, probabilities = paste_back([one_hot], [matrix], height, width)
+
+    crop_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+    crop_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+    footprint = (crop_x >= 0) & (crop_x <= size - 1) & (crop_y >= 0) & (crop_y <= size - 1)
+    assert footprint.mean() > 0.3
+    assert (pasted[footprint] == labels[footprint]).mean() >= 0.99
+    assert (pasted[~footprint] == 0).all() and (probabilities[0][~footprint] == 1).all()
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def constant_probabilities(num_classes: int, size: int, winner: int, confidence: float) -> np.ndarray:
+    probabilities = np.zeros((num_classes, size, size), dtype=np.float32)
+    probabilities[0] = 1 - confidence
+    probabilities[winner] = confidence
+    return probabilities
+
+
+def test_overlapping_faces_go_to_the_more_confident_face() -> None:
+    size = 64
+    left = np.array([[1, 0, -10], [0, 1, -10]], dtype=np.float64)  # crop covers photo pixels 10..73
+    right = np.array([[1, 0, -40], [0, 1, -40]], dtype=np.float64)  # 40..103: overlap 40..73
+    unsure = constant_probabilities(3, size, winner=1, confidence=0.6)
+    sure = constant_probabilities(3, size, winner=2, confidence=0.9)
+    for crops, matrices in (([unsure, sure], [left, right]), ([sure, unsure], [right, left])):
+        labels, probabilities = paste_back(crops, matrices, 120, 131)
+        assert labels[20, 20] == 1 and labels[60, 60] == 2 and labels[90, 90] == 2
+        assert labels[5, 5] == 0 and labels[110, 125] == 0
+        np.testing.assert_allclose(probabilities[:, 60, 60], [0.1, 0.0, 0.9])
+        np.testing.assert_allclose(probabilities[:, 5, 5], [1.0, 0.0, 0.0])
+    labels, _ = paste_back([constant_probabilities(3, size, 1, 0.95), sure], [left, right], 120, 131)
+    assert labels[60, 60] == 1
+
+
+def test_parse_photo_faces(detector: MTCNN, astronaut: np.ndarray) -> None:
+    seen: list[np.ndarray] = []
+
+    def parse_crops(crops: list[np.ndarray]) -> list[np.ndarray]:
+        seen.extend(crops)
+        return [constant_probabilities(5, crop.shape[0], winner=3, confidence=0.8) for crop in crops]
+
+    faces = detector.detect(astronaut)
+    labels, probabilities = parse_photo_faces(astronaut, faces, parse_crops, 128, num_classes=5)
+    assert [crop.shape for crop in seen] == [(128, 128, 3)]
+    assert labels.shape == astronaut.shape[:2] and probabilities.shape == (5, *astronaut.shape[:2])
+    for x, y in faces[0].landmarks.round().astype(int):
+        assert labels[y, x] == 3
+    assert labels[500, 10] == 0 and labels[10, 500] == 0
+
+    labels, probabilities = parse_photo_faces(astronaut, [], parse_crops, 128, num_classes=5)
+    assert (labels == 0).all() and probabilities.shape == (5, 512, 512) and (probabilities[0] == 1).all()
