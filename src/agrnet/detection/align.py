@@ -115,7 +115,7 @@ def paste_back(
         wins = inside & (face_confidence > confidence[window])
         confidence[window][wins] = face_confidence[wins]
         labels[window][wins] = warped.argmax(0)[wins]
-        probabilities[(slice(None), *window)][:, wins] = warped[:, wins]
+        np.copyto(probabilities[(slice(None), *window)], warped, where=wins)
     return labels, probabilities
 
 
