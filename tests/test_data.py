@@ -174,3 +174,41 @@ def test_unletterbox_inverts_the_letterbox(shape: tuple[int, int]) -> None:
     )
     back = unletterbox(torch.from_numpy(canvas.astype(np.float32))[None], h, w).argmax(1)[0].numpy()
     assert (back == labels).mean() > 0.97
+
+
+SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
+
+
+@pytest.mark.skipif(not SHARED_FACES.is_dir(), reason=f"real faces not present at {SHARED_FACES}")
+def test_real_celebamask_faces_read_as_a_19_class_folder() -> None:
+    for split in ("train", "val", "test"):
+        dataset = open_split("folder", SHARED_FACES, split, 64, classes="celebamask_hq")
+        assert dataset.spec is CELEBAMASK_HQ and dataset.spec.num_classes == 19
+        for index in range(0, len(dataset), max(1, len(dataset) // 6))[:6]:  # at most 18 images in all
+            image, labels = dataset.load(index)
+            assert image.shape == (512, 512, 3) and labels.shape == (512, 512)
+            assert labels.max() <= 18 and (labels == 1).any()  # every face has skin
+
+
+def test_folder_dataset_needs_a_label_spec_and_its_splits(tmp_path: Path) -> None:
+    _lapa(tmp_path)
+    with pytest.raises(DatasetError, match="needs data.classes"):
+        open_split("folder", tmp_path, "train", 32)
+    with pytest.raises(DatasetError, match="unknown label spec 'faces'"):
+        open_split("folder", tmp_path, "train", 32, classes="faces")
+    assert len(open_split("folder", tmp_path, "train", 32, classes="celebamask_hq")) == 3
+    (tmp_path / "val").rename(tmp_path / "validation")
+    with pytest.raises(DatasetError, match="missing folder.*val/images"):
+        open_split("folder", tmp_path, "val", 32, classes="celebamask_hq")
+
+
+def test_folder_labels_outside_the_19_classes_name_the_file(tmp_path: Path) -> None:
+    _lapa(tmp_path, n=1)
+    bad = tmp_path / "train" / "labels"
+    path = next(bad.glob("*.png"))
+    labels = np.asarray(Image.open(path)).copy()
+    labels[0, 0] = 19
+    Image.fromarray(labels).save(path)
+    dataset = open_split("folder", tmp_path, "train", 32, classes="celebamask_hq")
+    with pytest.raises(DatasetError, match=rf"{path.name}: label values \[19\] are outside 0..18"):
+        dataset.load(0)

