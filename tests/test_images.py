@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, image_size
+from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, PixelBudgetError, decode_image, image_size
 
 
 def _png_bytes(image: Image.Image, **params: object) -> bytes:
@@ -51,7 +51,7 @@ def test_pixel_bomb_is_refused_from_the_header_quickly_and_without_allocating(bo
     assert bomb.stat().st_size < 1_000_000  # a few hundred KB on disk, 169 megapixels declared
     assert image_size(bomb) == (13000, 13000)
     rss_before, start = _max_rss_bytes(), time.perf_counter()
-    with pytest.raises(ImageError) as caught:
+    with pytest.raises(PixelBudgetError) as caught:
         decode_image(bomb)
     elapsed, growth = time.perf_counter() - start, _max_rss_bytes() - rss_before
     assert elapsed < 2.0
@@ -72,13 +72,13 @@ def test_budget_is_configurable_and_names_the_source() -> None:
 def test_pillow_decompression_bomb_error_becomes_the_budget_line() -> None:
     data = _png_header_only(20000, 20000)  # over 2 x Pillow's MAX_IMAGE_PIXELS: Pillow refuses at open
     budget_line = r"^upload: 400000000 pixels exceeds the pixel budget of \d+ .*raise the limit"
-    with pytest.raises(ImageError, match=budget_line):
+    with pytest.raises(PixelBudgetError, match=budget_line):
         decode_image(data, max_pixels=10**10)
 
 
 @pytest.mark.parametrize("size", [(32767, 1), (1, 40000)])
 def test_sides_opencv_cannot_take_are_refused(size: tuple[int, int]) -> None:
-    with pytest.raises(ImageError, match="side over 32766 pixels"):
+    with pytest.raises(PixelBudgetError, match="side over 32766 pixels"):
         decode_image(_png_header_only(*size), max_pixels=10**10)
 
 

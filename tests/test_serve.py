@@ -57,7 +57,15 @@ def test_upload_in_browser_shows_overlay_and_legend(server: tuple[str, Path]) ->
             assert width == 50
             legend = page.locator("#legend li.class").all_inner_texts()
             assert legend and all("%" in item for item in legend)
+            # The "detect faces" box is sent as ?detect_faces=true; the parser may or may not support it (501).
+            page.check("#detect")
+            with page.expect_request("**/parse?detect_faces=true") as sent:
+                again = {"name": "again.png", "mimeType": "image/png", "buffer": photo.read_bytes()}
+                page.set_input_files("#file", again)
+            assert sent.value.method == "POST"
+            page.wait_for_selector("#status:has-text('done'), #error:has-text('cannot detect faces')", timeout=60_000)
+            page.uncheck("#detect")
             page.set_input_files("#file", {"name": "bad.png", "mimeType": "image/png", "buffer": b"nope"})
-            page.wait_for_selector("#error:has-text('not a readable image')", timeout=30_000)
+            page.wait_for_selector("#error:has-text('cannot read image (unknown format)')", timeout=30_000)
         finally:
             browser.close()

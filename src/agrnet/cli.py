@@ -225,10 +225,15 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agrnet.serve import make_server
+    from agrnet.images import DEFAULT_MAX_PIXELS
+    from agrnet.serve import Limits, make_server
 
+    if not args.max_upload_mb > 0:  # also refuses nan
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    limits = Limits(max_upload_bytes=max(1, round(args.max_upload_mb * 2**20)), max_pixels=max_pixels)
     parser = _load_parser(args.checkpoint, args.device)
-    server = make_server(parser, args.host, args.port)
+    server = make_server(parser, args.host, args.port, limits)
     host, port = server.server_address[:2]
     print(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
     try:
@@ -243,9 +248,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web demo: upload a photo, see the parsing overlay")
     p.add_argument("checkpoint", help="a training checkpoint (.pt) or an exported .onnx file")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-upload-mb", type=float, default=16.0, help="larger uploads get 413 (default 16)")
+    p.add_argument("--max-pixels", type=int, help="pixel budget per image, checked before decoding (default 40e6)")
     p.set_defaults(func=_cmd_serve)
 
 

@@ -33,6 +33,10 @@ class ImageError(ValueError):
     """An image that cannot or must not be decoded; the message is one line naming the source."""
 
 
+class PixelBudgetError(ImageError):
+    """A readable image refused for its size (pixel budget or a side OpenCV cannot take)."""
+
+
 def _label(source: Path | bytes, name: str | None) -> str:
     if name is not None:
         return name
@@ -48,7 +52,7 @@ def _open(source: Path | bytes, label: str) -> Image.Image:
         found = re.search(r"\((\d+) pixels\)", str(error))
         pixels = found.group(1) if found else "the declared number of"
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(
+        raise PixelBudgetError(
             f"{label}: {pixels} pixels exceeds the pixel budget of {limit} (Pillow's limit); "
             "downscale the image or raise the limit"
         ) from None
@@ -73,12 +77,12 @@ def check_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, la
     """Raise ``ImageError`` unless a ``width`` x ``height`` image fits the budget and OpenCV's limits."""
     pixels = width * height
     if pixels > max_pixels:
-        raise ImageError(
+        raise PixelBudgetError(
             f"{label}: {width}×{height} = {pixels} pixels exceeds the pixel budget of {max_pixels} "
             f"(max_pixels={max_pixels}); downscale the image or raise the limit"
         )
     if max(width, height) > MAX_SIDE:
-        raise ImageError(f"{label}: {width}×{height} has a side over {MAX_SIDE} pixels; downscale the image")
+        raise PixelBudgetError(f"{label}: {width}×{height} has a side over {MAX_SIDE} pixels; downscale the image")
     if pixels == 0:
         raise ImageError(f"{label}: {width}×{height} image has no pixels; remove or replace the file")
 
@@ -119,7 +123,7 @@ def decode_image(
             ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
             rgb = _to_rgb(image)
         except Image.DecompressionBombError as error:  # e.g. from a multi-frame plugin's load
-            raise ImageError(f"{label}: {error}; downscale the image or raise the limit") from None
+            raise PixelBudgetError(f"{label}: {error}; downscale the image or raise the limit") from None
         except _DECODE_ERRORS as error:
             raise ImageError(f"{label}: cannot read image ({error}); remove or replace the file") from None
     if max_side is not None and max(rgb.shape[:2]) > max_side:
