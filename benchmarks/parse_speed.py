@@ -1,0 +1,77 @@
+"""Question: how long does parsing one photo take on the CPU (fp32, batch 1), end to end?
+
+Side by side, in interleaved rounds of one run: the shipped model (``FaceParser.from_pretrained()``,
+its 256 px canvas) and the same architecture at a 512 canvas, against the ResNet-18 AGRNet default
+(C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
+512x512; and the shipped model on a ~1-megapixel photo with one face through face detection,
+alignment and paste-back. Writes benchmarks/results/parse_speed[_quick]_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import cv2
+import torch
+from skimage import data
+
+from agrnet.build import ModelConfig, build_agrnet
+from agrnet.data.classes import CELEBAMASK_HQ
+from agrnet.inference import FaceParser
+from agrnet.pretrained import load_pretrained
+from common import result_name, table, write_result
+
+
+def candidates() -> dict[str, tuple[Callable[[], object], str]]:
+    shipped = FaceParser.from_pretrained(device="cpu")
+    model, config = load_pretrained()
+    shipped_512 = FaceParser(config.data.spec(), 512, model=model.eval())
+    resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
+    resnet18 = FaceParser(CELEBAMASK_HQ, 512, model=resnet)
+    face = cv2.resize(data.astronaut()[40:200, 150:310], (512, 512))  # a face filling the frame
+    photo = cv2.resize(data.astronaut(), (1155, 866))  # 1.0 megapixel, one face
+    return {
+        "shipped (MobileNetV2, 256 canvas)": (lambda: shipped.predict(face), "512x512 face"),
+        "shipped architecture, 512 canvas": (lambda: shipped_512.predict(face), "512x512 face"),
+        "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
+        "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = candidates()
+    for run, _ in runs.values():  # warm-up: first-call allocations and detector construction
+        run()
+    rounds = 3 if args.quick else 15
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):  # interleaved so that machine noise hits every candidate alike
+        for name, (run, _) in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["shipped (MobileNetV2, 256 canvas)"])
+    rows = [
+        {
+            "candidate": name,
+            "input": runs[name][1],
+            "median_ms": round(1000 * statistics.median(t), 1),
+            "min_ms": round(1000 * min(t), 1),
+            "vs_shipped": round(statistics.median(t) / base, 2),
+        }
+        for name, t in times.items()
+    ]
+    print(table(rows, list(rows[0])))
+    path = write_result(result_name("parse_speed", args.quick, torch.device("cpu")), {"rounds": rounds, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

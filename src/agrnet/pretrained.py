@@ -1,0 +1,96 @@
+"""Weights that ship inside the package: a plain name -> file table, checked by sha256 at load.
+
+A shipped file holds the fp16 weights and the resolved training config (no optimizer state), so
+``FaceParser.from_pretrained()`` works offline and out of the box. ``pack_checkpoint`` makes one
+from a training checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agrnet.build import build_agrnet
+from agrnet.config import TrainConfig, from_dict
+from agrnet.modeling.agrnet import AGRNet
+from agrnet.train import atomic_save, load_checkpoint
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model: its file under ``agrnet/weights`` and that file's sha256."""
+
+    file: str
+    sha256: str
+    description: str
+
+
+PRETRAINED: dict[str, ShippedModel] = {
+    "agrnet_mbv2_celebamask": ShippedModel(
+        file="agrnet_mbv2_celebamask.pt",
+        sha256="",
+        description="AGRNet-MobileNetV2 (OS16, C=96, 256 px) trained on 3,500 CelebAMask-HQ faces; 19 classes; "
+        "non-commercial research use only (CelebAMask-HQ licence)",
+    ),
+}
+DEFAULT_PRETRAINED = "agrnet_mbv2_celebamask"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_dir() -> Path:
+    return Path(str(resources.files("agrnet").joinpath("weights")))
+
+
+def pretrained_path(name: str | None = None) -> Path:
+    """The checked file of a shipped model; ValueError if unknown, missing or corrupted."""
+    name = name or DEFAULT_PRETRAINED
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose one of {sorted(PRETRAINED)}")
+    entry = PRETRAINED[name]
+    path = _weights_dir() / entry.file
+    if not path.is_file():
+        raise ValueError(f"{path}: the shipped weights of {name} are missing; reinstall agrnet")
+    found = sha256_of(path)
+    if found != entry.sha256:
+        raise ValueError(
+            f"{path}: sha256 {found[:12]}... does not match the expected {entry.sha256[:12]}...; the file is "
+            "corrupted or was replaced: reinstall agrnet"
+        )
+    return path
+
+
+def load_pretrained(
+    name: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[AGRNet, TrainConfig]:
+    """A shipped model in fp32 and the config it was trained with."""
+    path = pretrained_path(name)
+    state = load_checkpoint(path, map_location)
+    config = from_dict(state["config"])
+    # The backbone's ImageNet initialisation is overwritten at once: do not look for it.
+    model = build_agrnet(dataclasses.replace(config.resolved_model(), pretrained=None))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
+    return model.to(map_location), config
+
+
+def pack_checkpoint(checkpoint: str | Path, out: str | Path, metrics: dict[str, Any] | None = None) -> str:
+    """Write a training checkpoint's weights in fp16 with its config (and optional test metrics) to
+    ``out``; returns the new file's sha256 for the ``PRETRAINED`` table."""
+    state = load_checkpoint(checkpoint)
+    config = from_dict(state["config"])
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    packed = {"config": dataclasses.asdict(config), "model": weights, "metrics": metrics or {}}
+    atomic_save(packed, Path(out))
+    return sha256_of(Path(out))

@@ -1,0 +1,90 @@
+"""The shipped model: checksum, fp16 packing, and a plausible parse of a real public-domain photo."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import agrnet.pretrained as pretrained
+from agrnet.inference import FaceParser
+
+
+@pytest.fixture(scope="module")
+def parser() -> FaceParser:
+    return FaceParser.from_pretrained(device="cpu")
+
+
+def test_from_pretrained_is_the_celebamask_parser(parser: FaceParser) -> None:
+    assert parser.spec.name == "celebamask_hq" and len(parser.class_names) == 19
+    assert parser.model is not None
+    assert all(p.dtype == torch.float32 for p in parser.model.parameters())
+
+
+def test_corrupted_weights_are_refused_by_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = pretrained.PRETRAINED[pretrained.DEFAULT_PRETRAINED]
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    damaged = bytearray(pretrained.pretrained_path().read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (weights / entry.file).write_bytes(bytes(damaged))
+    monkeypatch.setattr(pretrained, "_weights_dir", lambda: weights)
+    with pytest.raises(ValueError, match=rf"{entry.file}: sha256 .* does not match .* corrupted"):
+        FaceParser.from_pretrained()
+    (weights / entry.file).unlink()
+    with pytest.raises(ValueError, match="missing; reinstall agrnet"):
+        FaceParser.from_pretrained()
+    with pytest.raises(ValueError, match="unknown pretrained model 'nope'"):
+        FaceParser.from_pretrained("nope")
+
+
+def test_packing_keeps_the_predictions(tmp_path: Path, parser: FaceParser) -> None:
+    """fp16 storage must not change what the model predicts on a real aligned face."""
+    assert parser.model is not None
+    checkpoint = tmp_path / "train.pt"
+    from agrnet.config import to_dict
+    from agrnet.pretrained import load_pretrained
+
+    _, config = load_pretrained()
+    torch.save({"config": to_dict(config), "model": parser.model.state_dict()}, checkpoint)
+    digest = pretrained.pack_checkpoint(checkpoint, tmp_path / "packed.pt")
+    assert digest == pretrained.sha256_of(tmp_path / "packed.pt")
+    assert (tmp_path / "packed.pt").stat().st_size < 0.6 * checkpoint.stat().st_size
+    shutil.copy(tmp_path / "packed.pt", tmp_path / "copy.pt")
+    repacked = torch.load(tmp_path / "copy.pt", weights_only=True)["model"]
+    for name, value in parser.model.state_dict().items():
+        if value.is_floating_point():
+            assert repacked[name].dtype == torch.float16
+            torch.testing.assert_close(repacked[name].float(), value, rtol=1e-3, atol=1e-4)
+
+
+def test_astronaut_photo_parses_plausibly(parser: FaceParser) -> None:
+    """skimage's astronaut.png (public domain, NASA): one face, found, aligned, parsed, pasted back."""
+    photo = data.astronaut()
+    result = parser.predict(photo, detect_faces=True, probabilities=True)
+    assert result.faces is not None and len(result.faces) == 1
+    assert result.labels.shape == photo.shape[:2]
+    assert result.probabilities is not None and result.probabilities.shape == (19, *photo.shape[:2])
+    labels = result.labels
+    x0, y0, x1, y1 = result.faces[0].box.astype(int)
+    assert (labels[:, : max(0, x0 - 60)] == 0).all(), "far left of the face is background"
+    names = parser.class_names
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(names)}
+    face_classes = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "u_lip", "l_lip", "mouth")
+    assert max(face_classes, key=counts.__getitem__) == "skin"
+    assert counts["l_eye"] > 20 and counts["r_eye"] > 20, counts
+
+    def centre_y(name: str) -> float:
+        return float(np.nonzero(labels == names.index(name))[0].mean())
+
+    assert centre_y("l_eye") < centre_y("nose") < centre_y("u_lip") < centre_y("l_lip")
+    assert centre_y("hair") < centre_y("l_eye")
+
+
+def test_photo_without_a_face_is_all_background(parser: FaceParser) -> None:
+    result = parser.predict(np.full((120, 90, 3), 128, np.uint8), detect_faces=True)
+    assert result.faces == [] and result.labels.shape == (120, 90) and not result.labels.any()
