@@ -116,3 +116,15 @@ def test_total_loss_weights_and_upsampling() -> None:
     assert set(baseline) == {"final", "boundary", "total"}
     with pytest.raises(ValueError, match="nothing to train"):
         AGRNetLoss(LossWeights(0, 0, 0, 0, 0))(out, labels)
+
+
+def test_ablation_losses_follow_table_1b_unless_overridden() -> None:
+    from agrnet.config import load_config
+
+    baseline = load_config("synthetic", ["ablation=baseline"]).resolved_loss()
+    assert (baseline.final, baseline.raw, baseline.edge, baseline.boundary, baseline.discriminative) == (1, 0, 0, 0, 0)
+    full = load_config("synthetic", ["ablation=full", "loss.final=2.0"]).resolved_loss()
+    assert full.final == 0.5 and full.boundary == 1.0 and full.discriminative == 0.1  # the paper's weights
+    kept = load_config("synthetic", ["ablation=baseline", "ablation_losses=false", "loss.final=2.0"]).resolved_loss()
+    assert kept.final == 2.0 and kept.boundary == 1.0
+    assert load_config("synthetic", ["loss.final=2.0"]).resolved_loss().final == 2.0  # no ablation: loss.* as given
