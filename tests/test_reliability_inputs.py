@@ -13,7 +13,7 @@ from agrnet.config import ConfigError, load_config
         ("checkpoint_every=0", "checkpoint_every must be at least 1, got 0"),
         ("val_every=0", "val_every must be at least 1, got 0"),
         ("log_every=0", "log_every must be at least 1, got 0"),
-        ("optim.batch_size=0", "optim.batch_size must be at least 1, got 0"),
+        ("optim.batch_size=0", "optim.batch_size must be at least 2, got 0"),
         ("iterations=0", "iterations must be at least 1, got 0"),
         ("iterations=-5", "iterations must be at least 1, got -5"),
         ("data.size=0", "data.size must be at least 32, got 0"),

@@ -85,14 +85,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from agrnet.data.classes import HELEN_GROUPS, LABEL_MAPS, label_map_lut
     from agrnet.data.datasets import open_split
     from agrnet.evaluate import evaluate_dataset
     from agrnet.metrics import format_results, merged_f1
+    from agrnet.outputs import prepare_out_file
     from agrnet.train import model_from_checkpoint, resolve_device
 
+    json_path = prepare_out_file(args.json) if args.json else None  # before the evaluation, not after
     device = resolve_device(args.device)
     model, config = model_from_checkpoint(args.checkpoint, device)
     kind = args.kind or config.data.kind
@@ -107,18 +107,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model.to(device), dataset, device, flip=args.flip, label_lut=lut, model_spec=model_spec,
         batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
+    skipped = summary["skipped"]
+    if summary["images"] == 0:
+        print(f"agrnet evaluate: error: none of the {len(dataset)} images could be scored:", file=sys.stderr)
+        for reason in skipped:
+            print(f"  SKIPPED {reason}", file=sys.stderr)
+        return 1
     helen = merged_f1(matrix, HELEN_GROUPS) if kind in ("helen", "lapa", "synthetic") else None
     result = {"checkpoint": args.checkpoint, "data": str(dataset.samples[0].image.parents[2]), "split": args.split,
               "flip": args.flip, "label_map": args.label_map, "summary": summary, "helen_groups": helen,
               "confusion_matrix": matrix.tolist()}  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
     print(format_results(summary, dataset.spec, helen))
-    skipped = summary["skipped"]
     print(f"scored {summary['images']} of {len(dataset)} images; {len(skipped)} skipped")
     for reason in skipped:
         print(f"  SKIPPED {reason}")
     return 1 if skipped else 0
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (the same rule as the config file's)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -130,8 +150,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--label-map", help="cross-dataset evaluation, e.g. celebamask_hq_to_helen")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=_at_least(1), default=4)
+    p.add_argument("--workers", type=_at_least(0), default=2)
     p.add_argument("--json", help="also write the full result (per class, confusion matrix) to this file")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -302,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"agrnet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, I/O error: the work could not finish
+        print(f"agrnet {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -180,11 +180,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def check_ranges(config: TrainConfig) -> None:
-    """Refuse values that would crash later or train on nothing, before any work starts."""
+    """Refuse values that would crash later or train on nothing, before any work starts.
+
+    The batch needs two samples per process: BatchNorm after the 1 x 1 pyramid pooling cannot
+    normalise a single value."""
     at_least = {
         "iterations": (config.iterations, 1), "checkpoint_every": (config.checkpoint_every, 1),
         "val_every": (config.val_every, 1), "log_every": (config.log_every, 1), "threads": (config.threads, 0),
-        "optim.batch_size": (config.optim.batch_size, 1), "data.size": (config.data.size, MIN_SIZE),
+        "optim.batch_size": (config.optim.batch_size, 2), "data.size": (config.data.size, MIN_SIZE),
         "data.workers": (config.data.workers, 0), "model.num_classes": (config.model.num_classes, 1),
         "model.top_k": (config.model.top_k, 1), "model.channels": (config.model.channels, 1),
         "model.context_channels": (config.model.context_channels, 1),

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import logging
 import math
 import os
 import pickle
+import shutil
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -24,15 +27,17 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from agrnet.build import build_agrnet
 from agrnet.config import DEVICE_PATTERN, OptimConfig, TrainConfig, from_dict, to_dict
-from agrnet.data.datasets import ParsingDataset, Split, open_split
+from agrnet.data.datasets import DatasetError, ParsingDataset, Split, open_split
 from agrnet.data.transforms import Augmentation
 from agrnet.evaluate import evaluate_dataset
 from agrnet.losses import AGRNetLoss
 from agrnet.modeling.agrnet import AGRNet
+from agrnet.outputs import prepare_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +118,55 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the previous file is intact."""
+
+
+class RunLockedError(ValueError):
+    """Another training run holds the output folder."""
+
+
+@contextlib.contextmanager
+def lock_out_dir(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` for the run, so a second run into the same folder is refused, naming
+    the holder. The kernel drops an flock when its holder dies: a crashed run never blocks the next."""
+    with open(out_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has just started"
+            raise RunLockedError(
+                f"{out_dir} is in use by another training run ({holder}); wait for it or choose another out_dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def atomic_save(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        free_mb = shutil.disk_usage(path.parent).free / 1e6
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path} ({reason}; {free_mb:.0f} MB free there); the previous {path.name}, "
+            "if any, is unchanged; free some space and continue with --resume"
+        ) from None
     with contextlib.suppress(OSError):  # directory fsync makes the rename durable where supported
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -135,6 +180,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    kind = _looks_like(path)
+    if kind is not None:
+        raise ValueError(f"{path}: not an agrnet checkpoint: the file looks like {kind}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -151,6 +199,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not an agrnet checkpoint (no 'model' and 'config' entries)")
     return state
+
+
+_MAGIC = {
+    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"BM": "a BMP image",
+    b"RIFF": "a WebP image",
+}  # fmt: skip
+
+
+def _looks_like(path: Path) -> str | None:
+    """What a file that is no checkpoint seems to be, from its first bytes; None for anything that
+    may be one (torch's zip or pickle formats). Without this, torch reports a YAML file as pickled code."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"\x08") and (b"pytorch" in head or b"onnx" in head.lower()):
+        return "an ONNX model: predict and serve take it as is; evaluate, visualize and export need the .pt checkpoint"
+    if head and all(byte >= 9 for byte in head):  # no control bytes: text, which torch never writes
+        return "a text file (a YAML config? train takes it with --config)"
+    return None
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AGRNet, TrainConfig]:
@@ -196,10 +265,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     """Run (or resume) training; returns the path of the final checkpoint ``last.pt``.
 
     Files in ``config.out_dir``: ``last.pt`` (every ``checkpoint_every`` iterations, on SIGTERM/SIGINT
-    and at the end), ``best.pt`` (best val mean F1), ``log.csv``, ``config.yaml``.
+    and at the end), ``best.pt`` (best val mean F1), ``log.csv``, ``config.yaml``, ``.lock`` (who
+    runs in the folder now).
     """
     d = setup_distributed(config.device)
     device = resolve_device(config.device, d.local_rank)
+    if not d.main:
+        return _train(config, resume, progress, d, device)
+    out_dir = prepare_out_dir(config.out_dir)
+    with lock_out_dir(out_dir):
+        return _train(config, resume, progress, d, device)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, device: torch.device) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -231,8 +309,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if iters_per_epoch == 0:
         raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
     )  # fmt: skip
     optimizer = build_optimizer(model, config.optim)
     total = config.iterations
@@ -247,6 +325,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     )  # fmt: skip
 
     iteration, best_f1 = 0, -1.0
+    bad_samples: set[str] = set()
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, device)
         stored_model = asdict(from_dict(state["config"]).resolved_model())
@@ -284,8 +363,31 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 path,
             )  # fmt: skip
 
+    def train_step(data: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        images = data["image"].to(device, non_blocking=True)
+        labels = data["labels"].to(device, non_blocking=True)
+        edges = data["edges"].to(device, non_blocking=True)
+        if amp_dtype is not None:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # BatchNorm statistics move during the forward: keep them to undo a faulty step.
+        buffers = [b.detach().clone() for b in model.buffers()]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = net(images)
+        terms = criterion(output, labels, edges)
+        optimizer.zero_grad(set_to_none=True)
+        fault = _step(terms["total"], model, optimizer, scaler)
+        if fault is not None:
+            for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
+            described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            message = f"non-finite {fault} at iteration {iteration} (epoch {epoch}): {described}"
+            if config.on_nonfinite == "stop":
+                save(out_dir / "nonfinite.pt")
+                raise NonFiniteLossError(f"{message}; weights before this step saved to {out_dir / 'nonfinite.pt'}")
+            log.warning("skipping the step: %s", message)
+        return terms
+
     if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None
     writer = csv.writer(log_file) if log_file else None
@@ -298,35 +400,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         while iteration < total and stop.requested is None:
             epoch, offset = divmod(iteration, iters_per_epoch)
             sampler.set_epoch(epoch, offset * batch)
-            for data in loader:
-                images = data["image"].to(device, non_blocking=True)
-                labels = data["labels"].to(device, non_blocking=True)
-                edges = data["edges"].to(device, non_blocking=True)
-                if amp_dtype is not None:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                # BatchNorm statistics move during the forward: keep them to undo a faulty step.
-                buffers = [b.detach().clone() for b in model.buffers()]
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    output = net(images)
-                terms = criterion(output, labels, edges)
-                optimizer.zero_grad(set_to_none=True)
-                fault = _step(terms["total"], model, optimizer, scaler)
-                if fault is not None:
-                    for buffer, saved in zip(model.buffers(), buffers, strict=True):
-                        buffer.copy_(saved)
-                    described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    message = f"non-finite {fault} at iteration {iteration} (epoch {epoch}): {described}"
-                    if config.on_nonfinite == "stop":
-                        save(out_dir / "nonfinite.pt")
-                        raise NonFiniteLossError(
-                            f"{message}; weights before this step saved to {out_dir / 'nonfinite.pt'}"
-                        )
-                    log.warning("skipping the step: %s", message)
+            for data, errors in loader:
+                bad_samples.update(_bad_samples(errors, config, iteration))
+                count = 0 if data is None else len(data["index"])
+                terms = train_step(data, epoch) if data is not None and _can_step(count, device) else None
                 scheduler.step()
                 iteration += 1
-                seen += images.shape[0] * d.world
+                seen += count * d.world
                 bar.update()
-                if iteration % config.log_every == 0 or iteration == total:
+                if terms is not None and (iteration % config.log_every == 0 or iteration == total):
                     speed = seen / (time.perf_counter() - tick)
                     tick, seen = time.perf_counter(), 0
                     values = {k: round(v.item(), 4) for k, v in terms.items()}
@@ -349,11 +431,59 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     bar.close()
     if log_file:
         log_file.close()
+    if bad_samples and d.main:
+        log.warning("skipped %d bad sample(s) (data.skip_bad_samples=true):\n  %s", len(bad_samples),
+                    "\n  ".join(sorted(bad_samples)))  # fmt: skip
     if stop.requested and d.main:
         log.warning("%s: saved %s at iteration %d; continue with --resume", stop.requested, last_path, iteration)
     if d.world > 1:
         dist.destroy_process_group()
     return last_path
+
+
+class _Guarded(torch.utils.data.Dataset):
+    """Training samples that cannot be read come back as their one-line error: raised in a
+    DataLoader worker, the error would reach the user wrapped in the worker's whole traceback."""
+
+    def __init__(self, dataset: ParsingDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | str:
+        try:
+            return self.dataset[key]
+        except DatasetError as error:
+            return str(error)
+
+
+def _collate_readable(items: list[dict[str, Any] | str]) -> tuple[dict[str, Any] | None, list[str]]:
+    """-> (the readable samples as one batch, or None when there are none; the errors of the rest)."""
+    good = [item for item in items if not isinstance(item, str)]
+    errors = [item for item in items if isinstance(item, str)]
+    return (default_collate(good) if good else None), errors
+
+
+def _bad_samples(errors: list[str], config: TrainConfig, iteration: int) -> list[str]:
+    """The errors to count and list at the end; stops the run unless ``data.skip_bad_samples``."""
+    if errors and not config.data.skip_bad_samples:
+        data = config.data
+        classes = f" --classes {data.classes}" if data.classes else ""
+        raise DatasetError(
+            f"{errors[0]} (at iteration {iteration}); list every problem with `agrnet check-data {data.root} "
+            f"--kind {data.kind}{classes}`, or set data.skip_bad_samples=true to skip such samples"
+        )
+    return errors
+
+
+def _can_step(count: int, device: torch.device) -> bool:
+    """BatchNorm needs two samples: a batch left with fewer by skipped samples is skipped. Under DDP
+    every rank must agree, or the ranks that go on to backward wait forever for the others."""
+    short = torch.tensor([float(count < 2)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(short)
+    return not short.item()
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:

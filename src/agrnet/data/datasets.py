@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from agrnet.data.classes import HELEN, LABEL_SPECS, LabelSpec
 from agrnet.data.transforms import IGNORE_INDEX, Augmentation, to_tensor, warp_pair
 from agrnet.edges import label_edges
+from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Split = Literal["train", "val", "test"]
@@ -43,24 +44,13 @@ class Sample:
     part_classes: tuple[int, ...] = ()
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Any readable image -> (H, W, 3) uint8 RGB (grayscale, palette, RGBA and 16-bit included)."""
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any readable image -> (H, W, 3) uint8 RGB as displayed (EXIF orientation applied); grayscale,
+    palette, RGBA and 16-bit included. The pixel budget is checked from the header before decoding."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                peak = max(float(array.max()), 1.0)
-                image = Image.fromarray((array * (255.0 / (65535.0 if peak > 255 else 255.0))).astype(np.uint8))
-            return np.asarray(image.convert("RGB"))
-    except Image.DecompressionBombError as error:
-        raise DatasetError(f"{path}: {error}; downscale the image first") from None
-    except UnidentifiedImageError:
-        # PIL's own message repeats the path; say what it means instead.
-        reason = "empty file" if path.stat().st_size == 0 else "unknown format"
-        raise DatasetError(f"{path}: cannot read image ({reason}); remove or replace the file") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"{path}: cannot read image ({error}); remove or replace the file") from None
+        return decode_image(path, max_pixels)
+    except ImageError as error:
+        raise DatasetError(str(error)) from None
 
 
 def _load_gray(path: Path) -> np.ndarray:
@@ -97,6 +87,11 @@ def load_labels(sample: Sample, num_classes: int) -> np.ndarray:
         if len(shapes) != 1:
             raise DatasetError(f"{sample.labels[0].parent}: label maps differ in size {sorted(shapes)}")
         labels = np.argmax(np.stack(maps), axis=0).astype(np.uint8)
+    if (labels == IGNORE_INDEX).all():
+        raise DatasetError(
+            f"{sample.labels[0]}: every label is {IGNORE_INDEX} (ignored): nothing to train on or score; "
+            "remove the sample or fix its labels"
+        )
     bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
     if bad.any():
         values = sorted(int(v) for v in np.unique(labels[bad]))[:8]
