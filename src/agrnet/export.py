@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from agrnet.modeling.agrnet import AGRNet
+from agrnet.outputs import prepare_out_file
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,7 @@ def export_model(
 
     Returns {"max_abs_diff": float, "argmax_agreement": float, ...}.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_file(out)
     wrapper = LogitsOnly(model.eval().cpu()).eval()
     example = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():

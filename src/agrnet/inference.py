@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
 from agrnet.evaluate import flip_permutation, predict_logits
+from agrnet.images import MAX_SIDE
 from agrnet.modeling.agrnet import AGRNet
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -34,23 +36,57 @@ class Parsing:
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """Any supported input -> (H, W, 3) uint8 RGB."""
+    """Any supported input -> (H, W, 3) uint8 RGB; files get the same pixel budget as everywhere else,
+    and every image must have pixels and sides OpenCV can warp (ValueError otherwise)."""
     if isinstance(image, (str, Path)):
         return load_image(Path(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.dtype == np.uint16:
-            array = (array / 257).astype(np.uint8)
-        elif array.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 or uint16, got {array.dtype}")
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=2)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"numpy images must be (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {array.shape}")
-        return np.ascontiguousarray(array[..., :3])
-    raise TypeError(f"unsupported image type {type(image).__name__}")
+        array = np.asarray(image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        array = _array_to_rgb(image)
+    else:
+        raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a PIL image or a numpy array")
+    height, width = array.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"the image has no pixels (shape {_shape(image)})")
+    if max(height, width) > MAX_SIDE:
+        raise ValueError(f"the image is {width}×{height}: sides over {MAX_SIDE} pixels are beyond OpenCV; downscale it")
+    return array
+
+
+def _shape(image: Image.Image | np.ndarray) -> tuple[int, ...]:
+    return image.shape if isinstance(image, np.ndarray) else (image.height, image.width)
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or uint16 -> (H, W, 3) uint8."""
+    if array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"numpy images must be uint8 or uint16, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"numpy images must be (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def read_onnx_meta(path: Path) -> tuple[LabelSpec, int]:
+    """The label spec and input size in the side file that ``agrnet export`` writes, checked."""
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); export the model again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with dataset and size, got {type(meta).__name__}")
+    dataset, size = meta.get("dataset"), meta.get("size")
+    if dataset not in LABEL_SPECS:
+        raise ValueError(f"{path}: dataset must be one of {sorted(LABEL_SPECS)}, got {dataset!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise ValueError(f"{path}: size must be an integer >= {MIN_SIZE}, got {size!r}")
+    return LABEL_SPECS[dataset], size
 
 
 class _OnnxLogits:
@@ -59,8 +95,24 @@ class _OnnxLogits:
     def __init__(self, path: Path, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers or ort.get_available_providers())
+        except Exception as error:  # onnxruntime has its own exception classes for corrupt or foreign files
+            raise ValueError(
+                f"{path}: not a loadable ONNX model ({str(error).strip().splitlines()[0][:200]}); "
+                "is the file complete? export it again with agrnet export"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
+
+    def check(self, path: Path, size: int, num_classes: int) -> None:
+        """The model must take ``size`` x ``size`` images and give ``num_classes`` channels, as its side file says."""
+        taken, given = self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape
+        if len(taken) != 4 or taken[2:] != [size, size]:
+            raise ValueError(f"{path}: the side file says size {size} but the model takes inputs of shape {taken}")
+        if len(given) != 4 or given[1] != num_classes:
+            raise ValueError(f"{path}: the side file says {num_classes} classes but the model gives shape {given}")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {self.input_name: images.cpu().numpy()})
@@ -104,8 +156,10 @@ class FaceParser:
         meta_path = path.with_suffix(path.suffix + ".json")
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} (written by agrnet export next to the model) is missing")
-        meta = json.loads(meta_path.read_text())
-        return cls(LABEL_SPECS[meta["dataset"]], int(meta["size"]), onnx=_OnnxLogits(path, providers))
+        spec, size = read_onnx_meta(meta_path)
+        runner = _OnnxLogits(path, providers)
+        runner.check(meta_path, size, spec.num_classes)
+        return cls(spec, size, onnx=runner)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -138,6 +192,13 @@ class FaceParser:
         batch_size: int = 8,
     ) -> list[Parsing]:
         """Parse several images (any sizes), ``batch_size`` at a time through the network."""
+        if isinstance(images, (str, Path, np.ndarray, Image.Image)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of images, got {type(images).__name__}; predict takes one")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        for name, value in (("probabilities", probabilities), ("flip", flip)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
         results: list[Parsing] = []
         for start in range(0, len(images), batch_size):
             arrays = [to_rgb_array(image) for image in images[start : start + batch_size]]

@@ -20,6 +20,7 @@ from agrnet.data.classes import LabelSpec  # noqa: E402
 from agrnet.data.transforms import to_tensor, warp_pair  # noqa: E402
 from agrnet.modeling.agrnet import AGRNet, AGRNetOutput  # noqa: E402
 from agrnet.modeling.graph import AdaptiveProjection  # noqa: E402
+from agrnet.outputs import prepare_out_dir  # noqa: E402
 
 
 def _require_adaptive(model: AGRNet) -> AdaptiveProjection:
@@ -105,7 +106,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def visualize(model: AGRNet, spec: LabelSpec, image: np.ndarray, size: int, out: str | Path) -> list[Path]:
     """All three figures for one image into ``out``."""
     projection = _require_adaptive(model)
-    out = Path(out)
+    out = prepare_out_dir(out)
     canvas, output = run_on_image(model, image, size)
     return [
         plot_vertices(canvas, output, spec, projection.top_k, out / "vertices.png"),
