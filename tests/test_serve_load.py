@@ -10,6 +10,7 @@ and small requests answered while a 4000x4000 upload is parsed, with the server'
 from __future__ import annotations
 
 import io
+import select
 import socket
 import statistics
 import threading
@@ -68,18 +69,20 @@ SMALL = _png(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uin
 
 
 def _raw_exchange(address: tuple[str, int], chunks: list[bytes], pause_s: float = 0.0, wait_s: float = 5.0) -> bytes:
-    """Send ``chunks`` (``pause_s`` apart) on a fresh socket; everything the server answers until it closes."""
+    """Send ``chunks`` (``pause_s`` apart) on a fresh socket until the server answers; then read until it closes."""
+    answer = b""
     with socket.create_connection(address, timeout=wait_s) as sock:
         try:
             for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # the server has answered (or hung up) before we finished
                 sock.sendall(chunk)
                 time.sleep(pause_s)
+            while data := sock.recv(65536):
+                answer += data
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may hang up on us mid-way; its answer is still in our buffer
-        answer = b""
-        while data := sock.recv(65536):
-            answer += data
-        return answer
+            pass  # a hang-up: the answer read so far is what counts
+    return answer
 
 
 def _status(answer: bytes) -> int:
@@ -109,7 +112,7 @@ def test_slow_loris_heads_and_bodies_are_cut_off(address: tuple[str, int]) -> No
     for thread in threads:
         thread.join(10)
     elapsed = time.perf_counter() - start
-    assert elapsed < 6.0  # the loop would take 4-6 s per client without the deadlines; all are cut at ~1-1.5 s
+    assert elapsed < 4.0  # sending takes these clients 4-6 s; the deadlines cut them at 1 and 1.5 s
     for key, answer in results.items():
         assert _status(answer) == 408, key
         assert b'"error"' in answer
@@ -164,7 +167,7 @@ def test_openapi_schema_matches_the_api(address: tuple[str, int]) -> None:
     base = f"http://{address[0]}:{address[1]}"
     schema = httpx.get(base + "/openapi.json", timeout=5).json()
     parse = schema["paths"]["/parse"]["post"]
-    assert set(parse["responses"]) == {"200", "400", "408", "413", "422", "501", "503"}
+    assert set(parse["responses"]) == {"200", "400", "408", "413", "422", "500", "501", "503"}
     assert parse["parameters"][0]["name"] == "detect_faces"
     answer = httpx.post(base + "/parse", content=SMALL, timeout=30).json()
     parsing = schema["components"]["schemas"]["Parsing"]
@@ -172,7 +175,6 @@ def test_openapi_schema_matches_the_api(address: tuple[str, int]) -> None:
     assert answer["size"] == [64, 48]
     entry = parsing["properties"]["legend"]["items"]
     assert all(set(item) == set(entry["required"]) for item in answer["legend"])
-    assert httpx.post(base + "/parse?detect_faces=yes", content=SMALL, timeout=30).status_code == 501
     assert httpx.get(base + "/nowhere", timeout=5).json() == {"error": "Not Found"}
 
 
@@ -189,6 +191,22 @@ class _GatedParser:
         self.calls.append(options)
         self.gate.wait(10)
         return Parsing(np.ones(image.shape[:2], dtype=np.uint8), None)
+
+
+class _ParserWithoutDetection:
+    spec = LABEL_SPECS["lapa"]
+
+    def predict(self, image: np.ndarray) -> Parsing:
+        return Parsing(np.zeros(image.shape[:2], dtype=np.uint8), None)
+
+
+def test_detect_faces_on_a_parser_without_it_is_501() -> None:
+    for host, port in _serve(_ParserWithoutDetection(), Limits()):
+        url = f"http://{host}:{port}/parse"
+        assert httpx.post(url, content=SMALL, timeout=10).status_code == 200
+        refused = httpx.post(url + "?detect_faces=true", content=SMALL, timeout=10)
+        assert refused.status_code == 501 and "cannot detect faces" in refused.json()["error"]
+        assert httpx.post(url + "?detect_faces=maybe", content=SMALL, timeout=10).status_code == 400
 
 
 def test_full_queue_answers_503_with_retry_after_and_detect_faces_is_passed_on() -> None:
@@ -239,12 +257,16 @@ def _p95_latency(client: httpx.Client, count: int) -> float:
     return float(np.percentile(latencies, 95))
 
 
-def _upload_repeatedly(client: httpx.Client, photo: bytes, stop: threading.Event, done: list[int]) -> None:
-    """Keep one large upload in flight until ``stop``; ``done`` collects the status codes."""
+def _upload_repeatedly(client: httpx.Client, photo: bytes, stop: threading.Event, outcomes: list[str]) -> None:
+    """Keep one large upload in flight until ``stop``; ``outcomes`` gets "ok" or what went wrong."""
     while not stop.is_set():
-        answer = client.post("/parse", content=photo)
-        done.append(answer.status_code)
-        assert answer.status_code == 200 and max(answer.json()["size"]) == LIMITS.working_side
+        try:
+            answer = client.post("/parse", content=photo)
+            good = answer.status_code == 200 and max(answer.json()["size"]) == LIMITS.working_side
+            outcomes.append("ok" if good else f"{answer.status_code} {answer.text[:200]}")
+        except httpx.HTTPError as error:
+            outcomes.append(repr(error))
+            return
 
 
 def _memory_bytes(field: str) -> int:
@@ -268,7 +290,10 @@ def test_small_requests_stay_fast_while_a_large_upload_is_parsed(address: tuple[
     _reset_peak_memory()
     rss_start = _memory_bytes("VmRSS")
     base = f"http://{address[0]}:{address[1]}"
-    ratios, alone, loaded, bigs_done = [], [], [], []
+    ratios: list[float] = []
+    alone: list[float] = []
+    loaded: list[float] = []
+    bigs_done: list[int] = []
     with httpx.Client(base_url=base, timeout=60) as small_client, httpx.Client(base_url=base, timeout=60) as big_client:
         _p95_latency(small_client, 3)  # warm up
         for _ in range(3):  # the median of three rounds: the machine is shared
@@ -279,7 +304,8 @@ def test_small_requests_stay_fast_while_a_large_upload_is_parsed(address: tuple[
             time.sleep(0.2)  # let the first large upload reach a worker
             loaded.append(_p95_latency(small_client, 15))
             stop.set()
-            uploader.join(60)
+            uploader.join(120)
+            assert not uploader.is_alive() and done and set(done) == {"ok"}, done
             bigs_done.append(len(done))
             ratios.append(loaded[-1] / alone[-1])
     ratio = statistics.median(ratios)
@@ -287,6 +313,5 @@ def test_small_requests_stay_fast_while_a_large_upload_is_parsed(address: tuple[
     print(f"p95 small alone {[f'{s * 1000:.0f}' for s in alone]} ms, with a 4000x4000 upload in flight "
           f"{[f'{s * 1000:.0f}' for s in loaded]} ms, ratios {[f'{r:.2f}' for r in ratios]}, large parsed "
           f"{bigs_done}, RSS {rss_start / 2**20:.0f} MiB at start, peak {peak / 2**20:.0f} MiB")  # fmt: skip
-    assert all(count >= 1 for count in bigs_done)  # a failed large upload would show as a missing count
     assert ratio <= 3.0
     assert peak < 2 * 2**30  # server and clients together, throughout the load

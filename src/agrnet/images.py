@@ -69,6 +69,7 @@ def _open(source: Path | bytes, label: str) -> Image.Image:
 
 def image_size(source: Path | bytes, name: str | None = None) -> tuple[int, int]:
     """(width, height) as stored in the header, without decoding any pixels (EXIF not applied)."""
+    source = Path(source) if isinstance(source, str) else source
     with _open(source, _label(source, name)) as image:
         return image.size
 
@@ -113,6 +114,7 @@ def decode_image(
     """
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be at least 1, got {max_side}")
+    source = Path(source) if isinstance(source, str) else source
     label = _label(source, name)
     with _open(source, label) as image:
         check_size(*image.size, max_pixels=max_pixels, label=label)

@@ -159,7 +159,7 @@ def parse_image(parser: FaceParser, data: bytes, limits: Limits, detect_faces: b
 
 
 class QueueFull(RuntimeError):
-    pass
+    """Every worker is busy and the waiting line is full."""
 
 
 class InferenceQueue:
@@ -207,18 +207,16 @@ def _refuse(status: int, message: str, **headers: str) -> HTTPException:
 
 
 def _busy(limits: Limits) -> HTTPException:
-    return _refuse(503, "server busy: all parsing slots are taken; retry shortly", **{
-        "Retry-After": str(limits.retry_after_s)
-    })  # fmt: skip
+    # Connection: close because the upload may be left unread.
+    headers = {"Retry-After": str(limits.retry_after_s), "Connection": "close"}
+    return HTTPException(503, "server busy: all parsing slots are taken; retry shortly", headers=headers)
 
 
 async def _read_body(request: Request, state: _State) -> bytes:
     """The request body, refused (413) as soon as it passes the upload limit and (408) when too slow."""
     limit = state.limits.max_upload_bytes
     too_large = _refuse(413, f"upload larger than the limit of {limit} bytes", Connection="close")
-    declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
-        raise _refuse(400, "Content-Length is not a number", Connection="close")
+    declared = request.headers.get("content-length")  # h11 has checked that it is a number
     if declared is not None and int(declared) > limit:
         raise too_large  # without reading any of it
     chunks: list[bytes] = []
@@ -256,10 +254,10 @@ def _flag(value: str | None) -> bool:
 
 async def parse_endpoint(request: Request) -> Response:
     state: _State = request.app.state.serve
-    detect_faces = _flag(request.query_params.get("detect_faces"))
     if state.queue.full:
         raise _busy(state.limits)  # before reading the upload: shed load cheaply
     data = await _read_body(request, state)
+    detect_faces = _flag(request.query_params.get("detect_faces"))
     if not data:
         raise _refuse(400, "empty upload; send the image file as the request body")
     try:
@@ -329,7 +327,11 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
         "413": answer(f"upload over {limits.max_upload_bytes} bytes"),
         "422": answer(f"image over the pixel budget of {limits.max_pixels} pixels (checked from its header)"),
         "501": answer("detect_faces asked of a parser without face detection"),
-        "503": answer("all parsing slots taken; retry after the Retry-After header's seconds"),
+        "503": {
+            **answer("all parsing slots taken, or too many uploads at once"),
+            "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        },
+        "500": answer("an unexpected failure; the server log has the details"),
     }
     legend_entry = {
         "type": "object",
