@@ -34,7 +34,7 @@ class ShippedModel:
 PRETRAINED: dict[str, ShippedModel] = {
     "agrnet_mbv2_celebamask": ShippedModel(
         file="agrnet_mbv2_celebamask.pt",
-        sha256="",
+        sha256="d91d55537c6326c5c4ef2bf251f1db779e2a3ff756a5c7d0ceb1d2004b0983d7",
         description="AGRNet-MobileNetV2 (OS16, C=96, 256 px) trained on 3,500 CelebAMask-HQ faces; 19 classes; "
         "non-commercial research use only (CelebAMask-HQ licence)",
     ),
