@@ -288,7 +288,11 @@ def test_broken_onnx_files_are_usage_errors(tmp_path: Path, capsys, damage: str,
 
 @pytest.mark.parametrize(
     ("make", "looks_like"),
-    [("image", "a PNG image"), ("yaml", "a text file (a YAML config?"), ("onnx", "an ONNX model: predict and serve")],
+    [
+        ("image", "a PNG image"),
+        ("yaml", "a text file (a YAML config?"),
+        ("onnx", "an ONNX model: predict and serve take it named"),
+    ],
 )
 def test_a_file_of_the_wrong_kind_as_checkpoint_says_what_it_looks_like(
     tmp_path: Path, capsys, make: str, looks_like: str
@@ -306,3 +310,13 @@ def test_a_file_of_the_wrong_kind_as_checkpoint_says_what_it_looks_like(
         assert main(command) == 2
         (line,) = capsys.readouterr().err.splitlines()
         assert f"model.pt: not an agrnet checkpoint: the file looks like {looks_like}" in line
+
+
+def test_the_pixel_budget_is_configurable(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    photo = _photo(tmp_path / "face.png")  # 30 x 40 = 1200 pixels
+    args = ["--out", str(tmp_path / "out"), "--max-pixels", "1000"]
+    assert main(["predict", str(checkpoint), str(photo), *args]) == 1
+    assert "30×40 = 1200 pixels exceeds the pixel budget of 1000" in capsys.readouterr().out
+    assert main(["visualize", str(checkpoint), str(photo), *args]) == 2
+    assert "exceeds the pixel budget of 1000" in capsys.readouterr().err
+    assert main(["predict", str(checkpoint), str(photo), "--out", str(tmp_path / "out"), "--max-pixels", "1200"]) == 0

@@ -188,7 +188,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from agrnet.predict import predict_paths
 
     parser = _load_parser(args.checkpoint, args.device)
-    report = predict_paths(parser, args.inputs, args.out, detect_faces=args.detect_faces, flip=args.flip)
+    report = predict_paths(
+        parser, args.inputs, args.out, detect_faces=args.detect_faces, flip=args.flip, max_pixels=args.max_pixels
+    )
     print(report.summary())
     return 1 if report.failures else 0
 
@@ -201,7 +203,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detect-faces", action="store_true", help="find faces (OpenCV cascade), parse each crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
+    _add_max_pixels(p)
     p.set_defaults(func=_cmd_predict)
+
+
+def _add_max_pixels(p: argparse.ArgumentParser) -> None:
+    from agrnet.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
+                   help=f"pixel budget per image, checked before decoding (default {DEFAULT_MAX_PIXELS})")  # fmt: skip
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -230,7 +240,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from agrnet.viz import visualize
 
     model, config = model_from_checkpoint(args.checkpoint)
-    image = load_image(Path(args.image))
+    image = load_image(Path(args.image), args.max_pixels)
     for path in visualize(model, config.data.spec(), image, config.data.size, args.out):
         print(path)
     return 0
@@ -241,6 +251,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("image")
     p.add_argument("--out", required=True)
+    _add_max_pixels(p)
     p.set_defaults(func=_cmd_visualize)
 
 

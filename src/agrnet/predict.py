@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from agrnet.data.classes import colorize, overlay
 from agrnet.data.datasets import IMAGE_SUFFIXES, DatasetError, load_image
+from agrnet.images import DEFAULT_MAX_PIXELS
 from agrnet.inference import FaceParser
 from agrnet.outputs import prepare_out_dir
 
@@ -170,10 +171,16 @@ def _predict_video(parser: FaceParser, path: Path, target: Path, detector: FaceD
 
 
 def predict_paths(
-    parser: FaceParser, inputs: list[str], out: str | Path, detect_faces: bool = False, flip: bool = False
+    parser: FaceParser,
+    inputs: list[str],
+    out: str | Path,
+    detect_faces: bool = False,
+    flip: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PredictReport:
-    """Parse every input; a bad file or an output that cannot be written is recorded in the report
-    and the rest still run. An unusable ``out`` is a ValueError before any work."""
+    """Parse every input; a bad file (over ``max_pixels`` included) or an output that cannot be
+    written is recorded in the report and the rest still run. An unusable ``out`` is a ValueError
+    before any work."""
     out = prepare_out_dir(out)
     files, problems = expand_inputs(inputs)
     names, notes = output_names(files)
@@ -186,7 +193,7 @@ def predict_paths(
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetError(f"{path}: not an image or video file (suffix {path.suffix or 'none'})")
-            image = load_image(path)
+            image = load_image(path, max_pixels)
             labels = parse_photo(parser, image, detector, flip)
             _write_outputs(report, out, names[path], image, labels, parser.spec.palette)
         except (DatasetError, ValueError, OSError, cv2.error) as error:

@@ -216,7 +216,7 @@ def _looks_like(path: Path) -> str | None:
         if head.startswith(magic):
             return kind
     if head.startswith(b"\x08") and (b"pytorch" in head or b"onnx" in head.lower()):
-        return "an ONNX model: predict and serve take it as is; evaluate, visualize and export need the .pt checkpoint"
+        return "an ONNX model: predict and serve take it named .onnx; evaluate, visualize, export need a .pt file"
     if head and all(byte >= 9 for byte in head):  # no control bytes: text, which torch never writes
         return "a text file (a YAML config? train takes it with --config)"
     return None
