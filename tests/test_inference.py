@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from conftest import tiny_train_config
 from PIL import Image
+from skimage import data
 
 from agrnet.cli import main
 from agrnet.data.synth import generate
 from agrnet.inference import FaceParser
-from agrnet.predict import FaceDetector, parse_photo
+from agrnet.predict import predict_paths
 from agrnet.train import train
 
 
@@ -84,16 +85,27 @@ def test_predict_video(checkpoint: Path, tmp_path: Path) -> None:
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
-def test_face_crops_are_pasted_back_inside_their_box(parser: FaceParser) -> None:
-    assert FaceDetector()(np.zeros((50, 50, 3), np.uint8)) == []  # bundled cascade loads, finds nothing
-    image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    box = (10, 5, 42, 37)
-    labels = parse_photo(parser, image, lambda _: [box], flip=False)  # type: ignore[arg-type]
-    crop = parser.predict(image[5:37, 10:42]).labels
-    outside = np.ones(labels.shape, bool)
-    outside[5:37, 10:42] = False
-    assert (labels[outside] == 0).all()
-    assert np.array_equal(labels[5:37, 10:42][crop > 0], crop[crop > 0])
+def test_detect_faces_parses_only_around_the_faces_found(checkpoint: Path, parser: FaceParser, tmp_path: Path) -> None:
+    photo = data.astronaut()  # public domain (NASA), shipped by scikit-image
+    result = parser.predict(photo, detect_faces=True, probabilities=True)
+    assert result.faces is not None and len(result.faces) == 1
+    assert result.labels.shape == photo.shape[:2] and result.probabilities is not None
+    x0, y0, x1, y1 = result.faces[0].box
+    side, cx, cy = max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+    far = np.ones(photo.shape[:2], bool)  # the aligned crop spans about two face boxes
+    reach = 2.5 * side
+    far[max(0, int(cy - reach)) : int(cy + reach), max(0, int(cx - reach)) : int(cx + reach)] = False
+    assert (result.labels[far] == 0).all() and (result.probabilities[0][far] == 1).all()
+    assert parser.predict(np.full((40, 60, 3), 90, np.uint8), detect_faces=True).faces == []
+    cv2.imwrite(str(tmp_path / "astronaut.png"), photo[..., ::-1])
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tmp_path / "astronaut.png"), "--out", str(out),
+                 "--detect-faces", "--device", "cpu"]) == 0  # fmt: skip
+    assert np.array_equal(cv2.imread(str(out / "astronaut_labels.png"), cv2.IMREAD_UNCHANGED), result.labels)
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((40, 60, 3), 90, np.uint8))
+    report = predict_paths(parser, [str(tmp_path / "wall.png")], out, detect_faces=True)
+    assert report.notes == [f"note: no face found in {tmp_path / 'wall.png'}; its label map is all background"]
+    assert not cv2.imread(str(out / "wall_labels.png"), cv2.IMREAD_UNCHANGED).any()
 
 
 def test_visualizations(checkpoint: Path, tmp_path: Path) -> None:

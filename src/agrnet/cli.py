@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -157,6 +158,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from agrnet.demo_photos import run_photo_demo
+
+    summary = run_photo_demo(args.out)
+    for name, photo in summary["photos"].items():
+        print(f"{name}: {len(photo['faces'])} face(s), {photo['seconds']:.2f} s -> {args.out}/{name}_overlay.png")
+    print(f"wrote {args.out}/summary.json")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: the shipped model parses public-domain photos (no downloads)")
+    p.add_argument("--out", default="demo")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> int:
     from agrnet.demo import run_demo
 
     report = run_demo(args.out, args.overrides, compare_baseline=args.compare_baseline)
@@ -168,17 +185,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: synthetic data, short CPU training, held-out evaluation")
-    p.add_argument("--out", default="demo")
+def _add_train_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-demo", help="synthetic faces, short CPU training, held-out evaluation")
+    p.add_argument("--out", default="train_demo")
     p.add_argument("--compare-baseline", action="store_true", help="also train the Table I baseline")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. seed=1 iterations=400")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_train_demo)
 
 
-def _load_parser(checkpoint: str, device: str) -> FaceParser:
+def _split_checkpoint(positionals: list[str]) -> tuple[str | None, list[str]]:
+    """``[CHECKPOINT] REST...``: a leading .pt/.onnx names the model; without one, the shipped model."""
+    if positionals and Path(positionals[0]).suffix in (".pt", ".pth", ".onnx"):
+        return positionals[0], positionals[1:]
+    return None, positionals
+
+
+def _load_parser(checkpoint: str | None, device: str) -> FaceParser:
     from agrnet.inference import FaceParser
 
+    if checkpoint is None:
+        return FaceParser.from_pretrained(device=device)
     if checkpoint.endswith(".onnx"):
         return FaceParser.from_onnx(checkpoint)
     return FaceParser.from_checkpoint(checkpoint, device=device)
@@ -187,9 +213,12 @@ def _load_parser(checkpoint: str, device: str) -> FaceParser:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from agrnet.predict import predict_paths
 
-    parser = _load_parser(args.checkpoint, args.device)
+    checkpoint, inputs = _split_checkpoint(args.inputs)
+    if not inputs:
+        raise ValueError("give at least one image, directory or video after the checkpoint")
+    parser = _load_parser(checkpoint, args.device)
     report = predict_paths(
-        parser, args.inputs, args.out, detect_faces=args.detect_faces, flip=args.flip, max_pixels=args.max_pixels
+        parser, inputs, args.out, detect_faces=args.detect_faces, flip=args.flip, max_pixels=args.max_pixels
     )
     print(report.summary())
     return 1 if report.failures else 0
@@ -197,10 +226,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="parse images, directories and videos; writes labels, masks, overlays")
-    p.add_argument("checkpoint", help="a training checkpoint (.pt) or an exported .onnx file")
-    p.add_argument("inputs", nargs="+", help="image files, directories or videos")
+    p.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] INPUT",
+                   help="optional checkpoint (.pt) or exported .onnx (default: the shipped model), then image "
+                   "files, directories or videos")  # fmt: skip
     p.add_argument("--out", required=True)
-    p.add_argument("--detect-faces", action="store_true", help="find faces (OpenCV cascade), parse each crop")
+    p.add_argument("--detect-faces", action="store_true",
+                   help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
     _add_max_pixels(p)
@@ -233,14 +264,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from agrnet.data.datasets import load_image
+    from agrnet.pretrained import load_pretrained
     from agrnet.train import model_from_checkpoint
     from agrnet.viz import visualize
 
-    model, config = model_from_checkpoint(args.checkpoint)
-    image = load_image(Path(args.image), args.max_pixels)
+    checkpoint, images = _split_checkpoint(args.inputs)
+    if len(images) != 1:
+        raise ValueError("give one image (after an optional checkpoint)")
+    model, config = model_from_checkpoint(checkpoint) if checkpoint else load_pretrained()
+    image = load_image(Path(images[0]), args.max_pixels)
     for path in visualize(model, config.data.spec(), image, config.data.size, args.out):
         print(path)
     return 0
@@ -248,8 +282,8 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="vertices (Fig. 8), adjacency (Fig. 7), projection maps (Fig. 11)")
-    p.add_argument("checkpoint")
-    p.add_argument("image")
+    p.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE",
+                   help="optional checkpoint (default: the shipped model), then an aligned face image")  # fmt: skip
     p.add_argument("--out", required=True)
     _add_max_pixels(p)
     p.set_defaults(func=_cmd_visualize)
@@ -278,7 +312,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web demo: upload a photo, see the parsing overlay")
-    p.add_argument("checkpoint", help="a training checkpoint (.pt) or an exported .onnx file")
+    p.add_argument("checkpoint", nargs="?", help="a training checkpoint (.pt) or exported .onnx (default: shipped)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
@@ -308,6 +342,7 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
+    _add_train_demo,
     _add_synth,
     _add_train,
     _add_evaluate,

@@ -20,6 +20,7 @@ from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.detection import MTCNN, Face, parse_photo_faces
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE
 from agrnet.modeling.agrnet import AGRNet
@@ -29,10 +30,12 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 @dataclass
 class Parsing:
-    """labels: (H, W) uint8 class indices at the input size; probabilities: (Nc, H, W) float32 or None."""
+    """labels: (H, W) uint8 class indices at the input size; probabilities: (Nc, H, W) float32 or None;
+    faces: the faces found (box, 5 landmarks, score) when parsed with ``detect_faces=True``, else None."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
+    faces: list[Face] | None = None
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -135,6 +138,7 @@ class FaceParser:
         device = device or torch.device("cpu")
         self.spec, self.size, self.model, self.onnx, self.device = spec, size, model, onnx, device
         self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+        self._detector: MTCNN | None = None
         if model is not None:
             model.eval().to(device)
             if device.type == "cuda":  # channels_last helps the cuDNN convolutions under AMP
@@ -179,9 +183,31 @@ class FaceParser:
             images = images.contiguous(memory_format=torch.channels_last)
         return predict_logits(self.model, images, perm, self.amp_dtype)
 
-    def predict(self, image: ImageInput, probabilities: bool = False, flip: bool = False) -> Parsing:
-        """Parse one image at its own size."""
-        return self.predict_batch([image], probabilities, flip)[0]
+    @classmethod
+    def from_pretrained(cls, name: str | None = None, device: str = "auto") -> FaceParser:
+        """A model shipped inside the package (``agrnet.pretrained.PRETRAINED``; default: the
+        CelebAMask-HQ parser), its file checked by sha256."""
+        from agrnet.pretrained import load_pretrained
+        from agrnet.train import resolve_device
+
+        torch_device = resolve_device(device)
+        model, config = load_pretrained(name, torch_device)
+        return cls(config.data.spec(), config.data.size, model=model, device=torch_device)
+
+    @property
+    def detector(self) -> MTCNN:
+        """The face detector of ``detect_faces=True``, built on first use."""
+        if self._detector is None:
+            self._detector = MTCNN(device=self.device)
+        return self._detector
+
+    def predict(
+        self, image: ImageInput, probabilities: bool = False, flip: bool = False, detect_faces: bool = False
+    ) -> Parsing:
+        """Parse one image at its own size. ``detect_faces``: find every face, align each to the
+        training framing, parse it and paste it back (the rest is background); otherwise the image
+        is taken as one aligned face crop."""
+        return self.predict_batch([image], probabilities, flip, detect_faces=detect_faces)[0]
 
     @torch.no_grad()
     def predict_batch(
@@ -190,15 +216,19 @@ class FaceParser:
         probabilities: bool = False,
         flip: bool = False,
         batch_size: int = 8,
+        detect_faces: bool = False,
     ) -> list[Parsing]:
-        """Parse several images (any sizes), ``batch_size`` at a time through the network."""
+        """Parse several images (any sizes), ``batch_size`` at a time through the network
+        (``detect_faces``: see ``predict``; the faces of one photo form one batch)."""
         if isinstance(images, (str, Path, np.ndarray, Image.Image)) or not isinstance(images, Sequence):
             raise TypeError(f"images must be a list of images, got {type(images).__name__}; predict takes one")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        for name, value in (("probabilities", probabilities), ("flip", flip)):
+        for name, value in (("probabilities", probabilities), ("flip", flip), ("detect_faces", detect_faces)):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
+        if detect_faces:
+            return [self._parse_photo(to_rgb_array(image), probabilities, flip) for image in images]
         results: list[Parsing] = []
         for start in range(0, len(images), batch_size):
             arrays = [to_rgb_array(image) for image in images[start : start + batch_size]]
@@ -207,6 +237,19 @@ class FaceParser:
             for array, canvas_logits in zip(arrays, logits, strict=True):
                 results.append(_to_input_size(canvas_logits.float(), *array.shape[:2], probabilities))
         return results
+
+
+    def _parse_photo(self, photo: np.ndarray, probabilities: bool, flip: bool) -> Parsing:
+        faces = self.detector.detect(photo)
+        labels, probs = parse_photo_faces(
+            photo, faces, lambda crops: self._crop_probabilities(crops, flip), self.size, self.spec.num_classes
+        )
+        return Parsing(labels, probs if probabilities else None, faces)
+
+    def _crop_probabilities(self, crops: list[np.ndarray], flip: bool) -> list[np.ndarray]:
+        """Aligned (S, S, 3) crops at the network size -> (Nc, S, S) float32 probabilities each."""
+        logits = self._logits(torch.stack([to_tensor(crop) for crop in crops]), flip)
+        return list(logits.float().softmax(1).cpu().numpy())
 
 
 # Strips of at most this many output pixels per class keep huge photos within memory.

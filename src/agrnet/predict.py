@@ -17,13 +17,11 @@ from agrnet.inference import FaceParser
 from agrnet.outputs import prepare_out_dir
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-# A bundled OpenCV cascade: ships inside the opencv-python wheel, so detection runs offline.
-CASCADE = "haarcascade_frontalface_default.xml"
 
 
 @dataclass
 class PredictReport:
-    """written: outputs verified on disk; failures: (input, reason); notes: renamed outputs."""
+    """written: outputs verified on disk; failures: (input, reason); notes: renamed outputs, photos without a face."""
 
     written: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
@@ -73,42 +71,6 @@ def output_names(files: list[Path]) -> tuple[dict[Path, str], list[str]]:
     return names, notes
 
 
-class FaceDetector:
-    """OpenCV Haar cascade; returns square boxes enlarged around each face to include hair."""
-
-    def __init__(self, margin: float = 0.8) -> None:
-        path = Path(cv2.data.haarcascades) / CASCADE
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise RuntimeError(f"could not load the bundled face detector {path}")
-        self.margin = margin
-
-    def __call__(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """(H, W, 3) RGB -> boxes (x0, y0, x1, y1), clipped to the image."""
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        h, w = gray.shape
-        boxes = []
-        for x, y, fw, fh in faces:
-            side = int(max(fw, fh) * (1 + self.margin))
-            cx, cy = x + fw / 2, y + fh / 2 - 0.1 * fh  # shift up a little: hair sits above the box
-            x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-            boxes.append((x0, y0, int(min(w, x0 + side)), int(min(h, y0 + side))))
-        return boxes
-
-
-def parse_photo(parser: FaceParser, image: np.ndarray, detector: FaceDetector | None, flip: bool) -> np.ndarray:
-    """Labels for the whole photo; with a detector each face crop is parsed and pasted back."""
-    if detector is None:
-        return parser.predict(image, flip=flip).labels
-    labels = np.zeros(image.shape[:2], dtype=np.uint8)
-    for x0, y0, x1, y1 in detector(image):
-        crop_labels = parser.predict(image[y0:y1, x0:x1], flip=flip).labels
-        region = labels[y0:y1, x0:x1]
-        np.copyto(region, crop_labels, where=crop_labels > 0)
-    return labels
-
-
 def _why_unwritable(path: Path) -> str:
     """OpenCV only says False; name the likely cause."""
     if len(path.name.encode()) > 255:  # checked first: asking the file system about it fails too
@@ -138,7 +100,7 @@ def _write_outputs(
     report.written.append(write_image(out / f"{name}_overlay.png", overlay(image, labels, palette)[..., ::-1]))
 
 
-def _predict_video(parser: FaceParser, path: Path, target: Path, detector: FaceDetector | None, flip: bool) -> Path:
+def _predict_video(parser: FaceParser, path: Path, target: Path, detect_faces: bool, flip: bool) -> Path:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DatasetError(f"{path}: cannot open video")
@@ -151,7 +113,8 @@ def _predict_video(parser: FaceParser, path: Path, target: Path, detector: FaceD
             if not ok:
                 break
             rgb = np.ascontiguousarray(frame[..., ::-1])
-            blended = overlay(rgb, parse_photo(parser, rgb, detector, flip), parser.spec.palette)
+            labels = parser.predict(rgb, flip=flip, detect_faces=detect_faces).labels
+            blended = overlay(rgb, labels, parser.spec.palette)
             if writer is None:
                 size = (rgb.shape[1], rgb.shape[0])
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -185,16 +148,19 @@ def predict_paths(
     files, problems = expand_inputs(inputs)
     names, notes = output_names(files)
     report = PredictReport(failures=problems, notes=notes)
-    detector = FaceDetector() if detect_faces else None
     for path in tqdm(files, desc="predict", unit="file"):
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                report.written.append(_predict_video(parser, path, out / f"{names[path]}_overlay.mp4", detector, flip))
+                target = out / f"{names[path]}_overlay.mp4"
+                report.written.append(_predict_video(parser, path, target, detect_faces, flip))
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetError(f"{path}: not an image or video file (suffix {path.suffix or 'none'})")
             image = load_image(path, max_pixels)
-            labels = parse_photo(parser, image, detector, flip)
+            result = parser.predict(image, flip=flip, detect_faces=detect_faces)
+            if detect_faces and not result.faces:
+                report.notes.append(f"note: no face found in {path}; its label map is all background")
+            labels = result.labels
             _write_outputs(report, out, names[path], image, labels, parser.spec.palette)
         except (DatasetError, ValueError, OSError, cv2.error) as error:
             report.failures.append((path, str(error)))

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,8 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     """Rebuild the model a checkpoint was trained with (config stored inside) and load its weights."""
     state = load_checkpoint(path, map_location)
     config = from_dict(state["config"])
-    model = build_agrnet(config.resolved_model())
+    # The stored weights replace the backbone's ImageNet initialisation: do not look for it.
+    model = build_agrnet(replace(config.resolved_model(), pretrained=None))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
