@@ -108,8 +108,8 @@ def build_agrnet(config: ModelConfig) -> AGRNet:
     )
 
 
-# The model zoo: a plain name -> config table. Weights are not shipped (no downloads here); train
-# with the matching config in agrnet/configs or pass your own checkpoint.
+# The model zoo: a plain name -> architecture table, to train with the matching config in
+# agrnet/configs. The one model whose weights ship with the package is in agrnet.pretrained.PRETRAINED.
 MODEL_ZOO: dict[str, ModelConfig] = {
     "agrnet_r101_lapa": ModelConfig(num_classes=11, backbone="resnet101"),
     "agrnet_r101_helen": ModelConfig(num_classes=11, backbone="resnet101"),
