@@ -314,4 +314,7 @@ def test_small_requests_stay_fast_while_a_large_upload_is_parsed(address: tuple[
           f"{[f'{s * 1000:.0f}' for s in loaded]} ms, ratios {[f'{r:.2f}' for r in ratios]}, large parsed "
           f"{bigs_done}, RSS {rss_start / 2**20:.0f} MiB at start, peak {peak / 2**20:.0f} MiB")  # fmt: skip
     assert ratio <= 3.0
-    assert peak < 2 * 2**30  # server and clients together, throughout the load
+    # The server shares this process with its clients and with whatever earlier tests left (1.8 GB in a full
+    # run), so its cost here is the growth over the load. A fresh `agrnet serve` with the shipped model starts at
+    # 0.74 GB (measured), so growth under 1.2 GB keeps a real server under 2 GB throughout.
+    assert peak - rss_start < 1.2 * 2**30
