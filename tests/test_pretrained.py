@@ -88,3 +88,14 @@ def test_astronaut_photo_parses_plausibly(parser: FaceParser) -> None:
 def test_photo_without_a_face_is_all_background(parser: FaceParser) -> None:
     result = parser.predict(np.full((120, 90, 3), 128, np.uint8), detect_faces=True)
     assert result.faces == [] and result.labels.shape == (120, 90) and not result.labels.any()
+
+
+def test_photo_demo_finds_every_face_and_writes_its_files(parser: FaceParser, tmp_path: Path) -> None:
+    from agrnet.demo_photos import run_photo_demo
+
+    summary = run_photo_demo(tmp_path, parser)
+    faces = {name: len(photo["faces"]) for name, photo in summary["photos"].items()}
+    assert faces == {"astronaut": 1, "astronaut_turned": 1, "two_faces": 2}
+    for photo in summary["photos"].values():
+        assert all((tmp_path / file).is_file() for file in photo["files"])
+        assert photo["pixels_per_class"]["skin"] > 1000

@@ -18,6 +18,8 @@ from skimage import data
 
 from agrnet.data.classes import colorize, overlay
 from agrnet.inference import FaceParser
+from agrnet.outputs import prepare_out_dir
+from agrnet.predict import write_image
 
 
 def demo_photos() -> dict[str, np.ndarray]:
@@ -36,8 +38,7 @@ def demo_photos() -> dict[str, np.ndarray]:
 def run_photo_demo(out: str | Path, parser: FaceParser | None = None) -> dict[str, Any]:
     """Parse every demo photo with face detection; write overlays, colour masks, label maps and
     ``summary.json`` under ``out``; returns the summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out)
     parser = parser or FaceParser.from_pretrained(device="cpu")
     palette = parser.spec.palette
     summary: dict[str, Any] = {"model": "FaceParser.from_pretrained()", "photos": {}}
@@ -51,9 +52,7 @@ def run_photo_demo(out: str | Path, parser: FaceParser | None = None) -> dict[st
             f"{name}_labels.png": result.labels,
         }
         for file, array in written.items():
-            bgr = array[..., ::-1] if array.ndim == 3 else array
-            if not cv2.imwrite(str(out / file), bgr):
-                raise OSError(f"could not write {out / file}")
+            write_image(out / file, array[..., ::-1] if array.ndim == 3 else array)
         counts = np.bincount(result.labels.ravel(), minlength=len(parser.class_names))
         summary["photos"][name] = {
             "size": list(photo.shape[:2]),
