@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from agrnet.build import build_agrnet
 from agrnet.config import TrainConfig, from_dict
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.train import atomic_save, load_checkpoint
+from agrnet.train import atomic_save, load_checkpoint, model_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,9 @@ def pretrained_path(name: str | None = None) -> Path:
 def load_pretrained(
     name: str | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[AGRNet, TrainConfig]:
-    """A shipped model in fp32 and the config it was trained with."""
-    path = pretrained_path(name)
-    state = load_checkpoint(path, map_location)
-    config = from_dict(state["config"])
-    # The backbone's ImageNet initialisation is overwritten at once: do not look for it.
-    model = build_agrnet(dataclasses.replace(config.resolved_model(), pretrained=None))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
-    return model.to(map_location), config
+    """A shipped model in fp32 (``load_state_dict`` copies the fp16 file into fp32 parameters) and the
+    config it was trained with."""
+    return model_from_checkpoint(pretrained_path(name), map_location)
 
 
 def pack_checkpoint(checkpoint: str | Path, out: str | Path, metrics: dict[str, Any] | None = None) -> str:
