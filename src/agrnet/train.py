@@ -278,6 +278,185 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         return _train(config, resume, progress, d, device)
 
 
+@dataclass
+class _Run:
+    """The parts of one training run and the state its checkpoints carry from step to step."""
+
+    config: TrainConfig
+    model: AGRNet
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: AGRNetLoss
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    d: Distributed
+    iteration: int = 0
+    best_f1: float = -1.0
+
+    def save(self, path: Path) -> None:
+        if self.d.main:
+            atomic_save(
+                {
+                    "config": to_dict(self.config), "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_f1": self.best_f1,
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                },
+                path,
+            )  # fmt: skip
+
+    def restore(self, path: Path) -> None:
+        """Continue from a ``last.pt`` of the same model; a different model is refused, naming the changes."""
+        state = load_checkpoint(path, self.device)
+        stored_model = asdict(from_dict(state["config"]).resolved_model())
+        current_model = asdict(self.config.resolved_model())
+        if stored_model != current_model:
+            changed = {k: (stored_model.get(k), v) for k, v in current_model.items() if stored_model.get(k) != v}
+            raise ValueError(
+                f"{path} was trained with another model (stored vs now: {changed}); resume with the "
+                f"stored settings or choose a new out_dir"
+            )
+        if state["config"] != to_dict(self.config):
+            log.warning("resuming %s with a config that differs from the stored one", path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best_f1 = state["iteration"], state["best_f1"]
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+
+def _build_run(config: TrainConfig, d: Distributed, device: torch.device) -> _Run:
+    """Model (SyncBatchNorm + DDP under torchrun), optimizer with poly decay, GradScaler (fp16 only), loss."""
+    model = build_agrnet(config.resolved_model()).to(device)
+    amp_dtype = autocast_dtype(config.amp, device)
+    if amp_dtype is not None:  # tensor cores prefer NHWC under autocast
+        model.to(memory_format=torch.channels_last)
+    if d.world > 1 and device.type == "cuda":  # SyncBatchNorm needs GPU collectives
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, config.optim)
+    total, power = config.iterations, config.optim.poly_power
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / total) ** power)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_config = config.resolved_loss()
+    criterion = AGRNetLoss(
+        loss_config, dis_delta=loss_config.dis_delta, dis_variant=loss_config.dis_variant,
+        num_classes=model.num_classes,
+    )  # fmt: skip
+    return _Run(config, model, net, optimizer, scheduler, scaler, criterion, device, amp_dtype, d)
+
+
+def _train_loader(
+    config: TrainConfig, num_classes: int, d: Distributed, device: torch.device
+) -> tuple[torch.utils.data.DataLoader, EpochSampler, int]:
+    """-> (loader of (batch, errors), its sampler, iterations per epoch) over the train split."""
+    data = config.data
+    train_set = open_split(
+        data.kind, data.root, "train", data.size, Augmentation(data.augment, data.flip), config.seed, data.classes
+    )
+    if train_set.spec.num_classes != num_classes:
+        raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
+    batch = config.optim.batch_size
+    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world)
+    iters_per_epoch = sampler.per_rank() // batch
+    if iters_per_epoch == 0:
+        raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
+    loader = torch.utils.data.DataLoader(
+        _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=data.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
+    )  # fmt: skip
+    return loader, sampler, iters_per_epoch
+
+
+def _train_step(run: _Run, data: dict[str, torch.Tensor], epoch: int, out_dir: Path) -> dict[str, torch.Tensor]:
+    """One update; a non-finite loss or gradient undoes the step (BatchNorm statistics included) and
+    then stops the run (weights saved to ``nonfinite.pt``) or skips the batch (``on_nonfinite``)."""
+    images = data["image"].to(run.device, non_blocking=True)
+    labels = data["labels"].to(run.device, non_blocking=True)
+    edges = data["edges"].to(run.device, non_blocking=True)
+    if run.amp_dtype is not None:
+        images = images.contiguous(memory_format=torch.channels_last)
+    # BatchNorm statistics move during the forward: keep them to undo a faulty step.
+    buffers = [b.detach().clone() for b in run.model.buffers()]
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        output = run.net(images)
+    terms = run.criterion(output, labels, edges)
+    run.optimizer.zero_grad(set_to_none=True)
+    fault = _step(terms["total"], run.model, run.optimizer, run.scaler)
+    if fault is not None:
+        for buffer, saved in zip(run.model.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+        described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        message = f"non-finite {fault} at iteration {run.iteration} (epoch {epoch}): {described}"
+        if run.config.on_nonfinite == "stop":
+            run.save(out_dir / "nonfinite.pt")
+            raise NonFiniteLossError(f"{message}; weights before this step saved to {out_dir / 'nonfinite.pt'}")
+        log.warning("skipping the step: %s", message)
+    return terms
+
+
+class _Progress:
+    """The progress bar and ``log.csv`` (iteration, epoch, lr, images/s, loss terms), on the main rank."""
+
+    def __init__(self, run: _Run, out_dir: Path, show_bar: bool) -> None:
+        self.run, self.main = run, run.d.main
+        self.file = open(out_dir / "log.csv", "a", newline="") if self.main else None
+        self.writer = csv.writer(self.file) if self.file else None
+        if self.writer and self.file and self.file.tell() == 0:
+            self.writer.writerow(["iteration", "epoch", "lr", "images_per_s", "loss_terms"])
+        total = run.config.iterations
+        self.bar = tqdm(
+            total=total, initial=run.iteration, disable=not (show_bar and self.main), desc="train", unit="it"
+        )
+        self.tick, self.seen = time.perf_counter(), 0
+
+    def step(self, terms: dict[str, torch.Tensor] | None, images: int, epoch: int) -> None:
+        """Called after every iteration; logs every ``log_every`` and at the last."""
+        run = self.run
+        self.seen += images
+        self.bar.update()
+        if terms is None or not (run.iteration % run.config.log_every == 0 or run.iteration == run.config.iterations):
+            return
+        speed = self.seen / (time.perf_counter() - self.tick)
+        self.tick, self.seen = time.perf_counter(), 0
+        values = {k: round(v.item(), 4) for k, v in terms.items()}
+        self.bar.set_postfix(loss=values["total"], img_s=f"{speed:.1f}")
+        if self.writer and self.file:
+            lr = run.scheduler.get_last_lr()[0]
+            self.writer.writerow([run.iteration, epoch, f"{lr:.6g}", f"{speed:.2f}", values])
+            self.file.flush()
+
+    def write(self, line: str) -> None:
+        if self.main:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+
+
+def _validate_and_keep_best(run: _Run, val_set: ParsingDataset, best_path: Path, progress: _Progress) -> None:
+    f1 = validate(run.model, val_set, run.device, run.amp_dtype, run.d)
+    run.net.train()
+    if f1 > run.best_f1:
+        run.best_f1 = f1
+        run.save(best_path)
+    progress.write(f"iteration {run.iteration}: val mean F1 {100 * f1:.2f} (best {100 * run.best_f1:.2f})")
+
+
+def _due(iteration: int, every: int, total: int) -> bool:
+    return iteration % every == 0 or iteration == total
+
+
 def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, device: torch.device) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -285,161 +464,51 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
     out_dir = Path(config.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    model = build_agrnet(config.resolved_model()).to(device)
-    amp_dtype = autocast_dtype(config.amp, device)
-    if amp_dtype is not None:  # tensor cores prefer NHWC under autocast
-        model.to(memory_format=torch.channels_last)
-    train_set = open_split(
-        config.data.kind, config.data.root, "train", config.data.size,
-        Augmentation(config.data.augment, config.data.flip), config.seed, config.data.classes,
-    )  # fmt: skip
-    if train_set.spec.num_classes != model.num_classes:
-        raise ValueError(
-            f"model.num_classes={model.num_classes} but {config.data.kind} has {train_set.spec.num_classes} classes"
-        )
+    run = _build_run(config, d, device)
+    loader, sampler, iters_per_epoch = _train_loader(config, run.model.num_classes, d, device)
     val_set = _optional_split(config, "val")
-    if d.world > 1 and device.type == "cuda":  # SyncBatchNorm needs GPU collectives
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    batch = config.optim.batch_size
-    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world)
-    iters_per_epoch = sampler.per_rank() // batch
-    if iters_per_epoch == 0:
-        raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
-    loader = torch.utils.data.DataLoader(
-        _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
-    )  # fmt: skip
-    optimizer = build_optimizer(model, config.optim)
-    total = config.iterations
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1 - it / total) ** config.optim.poly_power
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_config = config.resolved_loss()
-    criterion = AGRNetLoss(
-        loss_config, dis_delta=loss_config.dis_delta, dis_variant=loss_config.dis_variant,
-        num_classes=model.num_classes,
-    )  # fmt: skip
-
-    iteration, best_f1 = 0, -1.0
-    bad_samples: set[str] = set()
     if resume and last_path.is_file():
-        state = load_checkpoint(last_path, device)
-        stored_model = asdict(from_dict(state["config"]).resolved_model())
-        current_model = asdict(config.resolved_model())
-        if stored_model != current_model:
-            changed = {k: (stored_model.get(k), v) for k, v in current_model.items() if stored_model.get(k) != v}
-            raise ValueError(
-                f"{last_path} was trained with another model (stored vs now: {changed}); resume with the "
-                f"stored settings or choose a new out_dir"
-            )
-        if state["config"] != to_dict(config):
-            log.warning("resuming %s with a config that differs from the stored one", last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        iteration, best_f1 = state["iteration"], state["best_f1"]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        run.restore(last_path)
         if d.main:
-            log.info("resumed from %s at iteration %d", last_path, iteration)
+            log.info("resumed from %s at iteration %d", last_path, run.iteration)
     elif resume and d.main:
         log.info("--resume: no %s yet, starting fresh", last_path)
-
-    def save(path: Path) -> None:
-        if d.main:
-            atomic_save(
-                {
-                    "config": to_dict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
-                    "best_f1": best_f1, "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
-                path,
-            )  # fmt: skip
-
-    def train_step(data: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-        images = data["image"].to(device, non_blocking=True)
-        labels = data["labels"].to(device, non_blocking=True)
-        edges = data["edges"].to(device, non_blocking=True)
-        if amp_dtype is not None:
-            images = images.contiguous(memory_format=torch.channels_last)
-        # BatchNorm statistics move during the forward: keep them to undo a faulty step.
-        buffers = [b.detach().clone() for b in model.buffers()]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            output = net(images)
-        terms = criterion(output, labels, edges)
-        optimizer.zero_grad(set_to_none=True)
-        fault = _step(terms["total"], model, optimizer, scaler)
-        if fault is not None:
-            for buffer, saved in zip(model.buffers(), buffers, strict=True):
-                buffer.copy_(saved)
-            described = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            message = f"non-finite {fault} at iteration {iteration} (epoch {epoch}): {described}"
-            if config.on_nonfinite == "stop":
-                save(out_dir / "nonfinite.pt")
-                raise NonFiniteLossError(f"{message}; weights before this step saved to {out_dir / 'nonfinite.pt'}")
-            log.warning("skipping the step: %s", message)
-        return terms
-
     if d.main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    log_file = open(out_dir / "log.csv", "a", newline="") if d.main else None
-    writer = csv.writer(log_file) if log_file else None
-    if writer and log_file and log_file.tell() == 0:
-        writer.writerow(["iteration", "epoch", "lr", "images_per_s", "loss_terms"])
-    bar = tqdm(total=total, initial=iteration, disable=not (progress and d.main), desc="train", unit="it")
-    net.train()
-    tick, seen = time.perf_counter(), 0
-    with _StopFlag() as stop:
-        while iteration < total and stop.requested is None:
-            epoch, offset = divmod(iteration, iters_per_epoch)
-            sampler.set_epoch(epoch, offset * batch)
+
+    total, bad_samples = config.iterations, set[str]()
+    report = _Progress(run, out_dir, progress)
+    run.net.train()
+    with _StopFlag() as stop, contextlib.closing(report):
+        while run.iteration < total and stop.requested is None:
+            epoch, offset = divmod(run.iteration, iters_per_epoch)
+            sampler.set_epoch(epoch, offset * config.optim.batch_size)
             for data, errors in loader:
-                bad_samples.update(_bad_samples(errors, config, iteration))
+                bad_samples.update(_bad_samples(errors, config, run.iteration))
                 count = 0 if data is None else len(data["index"])
-                terms = train_step(data, epoch) if data is not None and _can_step(count, device) else None
-                scheduler.step()
-                iteration += 1
-                seen += count * d.world
-                bar.update()
-                if terms is not None and (iteration % config.log_every == 0 or iteration == total):
-                    speed = seen / (time.perf_counter() - tick)
-                    tick, seen = time.perf_counter(), 0
-                    values = {k: round(v.item(), 4) for k, v in terms.items()}
-                    bar.set_postfix(loss=values["total"], img_s=f"{speed:.1f}")
-                    if writer and log_file:
-                        writer.writerow([iteration, epoch, f"{scheduler.get_last_lr()[0]:.6g}", f"{speed:.2f}", values])
-                        log_file.flush()
-                if val_set is not None and (iteration % config.val_every == 0 or iteration == total):
-                    f1 = validate(model, val_set, device, amp_dtype, d)
-                    net.train()
-                    if f1 > best_f1:
-                        best_f1 = f1
-                        save(best_path)
-                    if d.main:
-                        bar.write(f"iteration {iteration}: val mean F1 {100 * f1:.2f} (best {100 * best_f1:.2f})")
-                if iteration % config.checkpoint_every == 0 or iteration == total or stop.requested:
-                    save(last_path)
-                if iteration >= total or stop.requested:
+                stepped = data is not None and _can_step(count, device)
+                terms = _train_step(run, data, epoch, out_dir) if stepped else None
+                run.scheduler.step()
+                run.iteration += 1
+                report.step(terms, count * d.world, epoch)
+                if val_set is not None and _due(run.iteration, config.val_every, total):
+                    _validate_and_keep_best(run, val_set, best_path, report)
+                if _due(run.iteration, config.checkpoint_every, total) or stop.requested:
+                    run.save(last_path)
+                if run.iteration >= total or stop.requested:
                     break
-    bar.close()
-    if log_file:
-        log_file.close()
-    if bad_samples and d.main:
+    _report_end(run, bad_samples, stop.requested, last_path)
+    return last_path
+
+
+def _report_end(run: _Run, bad_samples: set[str], stopped_by: str | None, last_path: Path) -> None:
+    if bad_samples and run.d.main:
         log.warning("skipped %d bad sample(s) (data.skip_bad_samples=true):\n  %s", len(bad_samples),
                     "\n  ".join(sorted(bad_samples)))  # fmt: skip
-    if stop.requested and d.main:
-        log.warning("%s: saved %s at iteration %d; continue with --resume", stop.requested, last_path, iteration)
-    if d.world > 1:
+    if stopped_by and run.d.main:
+        log.warning("%s: saved %s at iteration %d; continue with --resume", stopped_by, last_path, run.iteration)
+    if run.d.world > 1:
         dist.destroy_process_group()
-    return last_path
 
 
 class _Guarded(torch.utils.data.Dataset):
