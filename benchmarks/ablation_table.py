@@ -15,6 +15,11 @@ from typing import Any
 ROWS = ("baseline", "baseline_full_loss", "spatial", "adaptive", "adaptive_graph", "adaptive_edge", "full")
 
 
+def _row_order(name: str) -> int:
+    """Table I(a)'s order; rows it does not name go last."""
+    return ROWS.index(name) if name in ROWS else len(ROWS)
+
+
 def read_runs(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """{row: {seed: summary}} for every ``ROW_sSEED.json`` in ``folder``."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -29,7 +34,7 @@ def table(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
     seeds = sorted({seed for per_seed in runs.values() for seed in per_seed})
     head = [f"test mean F1 seed {s}" for s in seeds] + ["test mean F1 (mean)", "test mean IoU (mean)"]
     lines = ["| ablation | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for name in sorted(runs, key=lambda n: ROWS.index(n) if n in ROWS else len(ROWS)):
+    for name in sorted(runs, key=_row_order):
         per_seed = runs[name]
         cells = [f"{100 * per_seed[s]['mean_f1']:.2f}" if s in per_seed else "–" for s in seeds]
         for metric in ("mean_f1", "mean_iou"):
@@ -40,7 +45,7 @@ def table(runs: dict[str, dict[int, dict[str, Any]]]) -> str:
 
 def per_class_table(runs: dict[str, dict[int, dict[str, Any]]], seed: int) -> str:
     """Test F1 of every class (background included) per row, for one seed."""
-    names = sorted((n for n in runs if seed in runs[n]), key=lambda n: ROWS.index(n) if n in ROWS else len(ROWS))
+    names = sorted((n for n in runs if seed in runs[n]), key=_row_order)
     classes = list(runs[names[0]][seed]["per_class"])
     lines = [f"| class (seed {seed}) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for cls in classes:

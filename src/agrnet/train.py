@@ -423,7 +423,7 @@ class _Progress:
         run = self.run
         self.seen += images
         self.bar.update()
-        if terms is None or not (run.iteration % run.config.log_every == 0 or run.iteration == run.config.iterations):
+        if terms is None or not _due(run.iteration, run.config.log_every, run.config.iterations):
             return
         speed = self.seen / (time.perf_counter() - self.tick)
         self.tick, self.seen = time.perf_counter(), 0
