@@ -103,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lut = label_map_lut(args.label_map)
         source, kind = LABEL_MAPS[args.label_map][0], LABEL_MAPS[args.label_map][1]
         model_spec = LABEL_SPECS[source]
-    dataset = open_split(kind, args.data or config.data.root, args.split, config.data.size, classes=config.data.classes)
+    dataset = open_split(kind, args.data or config.data.root, args.split, config.data.canvas, classes=config.data.classes)
     summary, matrix = evaluate_dataset(
         model.to(device), dataset, device, flip=args.flip, label_lut=lut, model_spec=model_spec,
         batch_size=args.batch_size, workers=args.workers,
@@ -250,7 +250,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from agrnet.train import model_from_checkpoint
 
     model, config = model_from_checkpoint(args.checkpoint)
-    report = export_model(model, args.out, config.data.size, config.data.spec().name, args.format)
+    report = export_model(model, args.out, config.data.canvas, config.data.spec().name, args.format)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -275,7 +275,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         raise ValueError("give one image (after an optional checkpoint)")
     model, config = model_from_checkpoint(checkpoint) if checkpoint else load_pretrained()
     image = load_image(Path(images[0]), args.max_pixels)
-    for path in visualize(model, config.data.spec(), image, config.data.size, args.out):
+    for path in visualize(model, config.data.spec(), image, config.data.canvas, args.out):
         print(path)
     return 0
 

@@ -26,8 +26,9 @@ from agrnet.losses import LossWeights
 
 @dataclass(frozen=True)
 class DataConfig:
-    """kind: lapa | synthetic | helen | celebamask_hq | lip | folder. size: square training canvas
-    (paper 473, at least 32). classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq);
+    """kind: lapa | synthetic | helen | celebamask_hq | lip | folder. size: training canvas height
+    (paper 473, at least 32); width: its width (None: square, ``size``), e.g. 512 x 352 for standing
+    people. classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq);
     other kinds have their own. skip_bad_samples: skip unreadable samples during training (counted
     and listed at the end) instead of stopping at the first."""
 
@@ -35,6 +36,7 @@ class DataConfig:
     root: str = ""
     classes: str | None = None
     size: int = 473
+    width: int | None = None
     augment: Literal["paper", "code", "none"] = "paper"
     flip: bool = False
     workers: int = 2
@@ -42,6 +44,11 @@ class DataConfig:
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """The network canvas as (height, width)."""
+        return self.size, self.width or self.size
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if hint is bool or text == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
-    elif hint is int:
+    elif hint is int or text.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
     elif hint is float:
@@ -188,6 +195,7 @@ def check_ranges(config: TrainConfig) -> None:
         "iterations": (config.iterations, 1), "checkpoint_every": (config.checkpoint_every, 1),
         "val_every": (config.val_every, 1), "log_every": (config.log_every, 1), "threads": (config.threads, 0),
         "optim.batch_size": (config.optim.batch_size, 2), "data.size": (config.data.size, MIN_SIZE),
+        "data.width": (config.data.canvas[1], MIN_SIZE),
         "data.workers": (config.data.workers, 0), "model.num_classes": (config.model.num_classes, 1),
         "model.top_k": (config.model.top_k, 1), "model.channels": (config.model.channels, 1),
         "model.context_channels": (config.model.context_channels, 1),

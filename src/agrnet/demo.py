@@ -70,7 +70,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
         seconds = time.perf_counter() - start
         checkpoint = Path(config.out_dir) / "best.pt"
         model, _ = model_from_checkpoint(checkpoint if checkpoint.is_file() else Path(config.out_dir) / "last.pt")
-        test_set = open_split(config.data.kind, config.data.root, "test", config.data.size, classes=config.data.classes)
+        test_set = open_split(config.data.kind, config.data.root, "test", config.data.canvas, classes=config.data.classes)
         summary, _ = evaluate_dataset(model, test_set, torch.device("cpu"))
         report["runs"][name] = {
             "variant": config.ablation or "full",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agrnet.data.transforms import Canvas, canvas_hw
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.outputs import prepare_out_file
 
@@ -33,20 +34,21 @@ class LogitsOnly(nn.Module):
 def export_model(
     model: AGRNet,
     out: str | Path,
-    size: int,
+    size: Canvas,
     dataset: str,
     fmt: Literal["onnx", "torchscript"] = "onnx",
     check_batches: tuple[int, ...] = (1, 3),
     seed: int = 0,
 ) -> dict[str, object]:
-    """Write ``out`` (+ ``out.json`` with the label set and input size) and compare it with the eager
+    """Write ``out`` (+ ``out.json`` with the label set and canvas) and compare it with the eager
     model on random inputs of each batch size in ``check_batches`` (batch size is dynamic).
 
     Returns {"max_abs_diff": float, "argmax_agreement": float, ...}.
     """
     out = prepare_out_file(out)
     wrapper = LogitsOnly(model.eval().cpu()).eval()
-    example = torch.randn(2, 3, size, size)
+    height, width = canvas_hw(size)
+    example = torch.randn(2, 3, height, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, tracer notes)
         if fmt == "onnx":
@@ -69,14 +71,14 @@ def export_model(
     generator = torch.Generator().manual_seed(seed)
     max_diff, agreement = 0.0, []
     for batch in check_batches:
-        x = torch.randn(batch, 3, size, size, generator=generator)
+        x = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             reference = wrapper(x).numpy()
         got = runner(x.numpy())
         max_diff = max(max_diff, float(np.abs(got - reference).max()))
         agreement.append(float((got.argmax(1) == reference.argmax(1)).mean()))
     report = {
-        "format": fmt, "file": str(out), "size": size, "dataset": dataset, "num_classes": model.num_classes,
+        "format": fmt, "file": str(out), "size": height, "width": width, "dataset": dataset, "num_classes": model.num_classes,
         "checked_batches": list(check_batches), "max_abs_diff": max_diff, "argmax_agreement": min(agreement),
     }  # fmt: skip
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(report, indent=2))

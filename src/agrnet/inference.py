@@ -19,7 +19,7 @@ from PIL import Image
 from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
-from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.data.transforms import Canvas, to_tensor, unletterbox, warp_pair
 from agrnet.detection import MTCNN, Face, parse_photo_faces
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE
@@ -76,8 +76,9 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-def read_onnx_meta(path: Path) -> tuple[LabelSpec, int]:
-    """The label spec and input size in the side file that ``agrnet export`` writes, checked."""
+def read_onnx_meta(path: Path) -> tuple[LabelSpec, tuple[int, int]]:
+    """The label spec and canvas (height, width) in the side file that ``agrnet export`` writes, checked
+    (files without ``width`` are square)."""
     try:
         meta = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -85,11 +86,13 @@ def read_onnx_meta(path: Path) -> tuple[LabelSpec, int]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object with dataset and size, got {type(meta).__name__}")
     dataset, size = meta.get("dataset"), meta.get("size")
+    width = meta.get("width", size)
     if dataset not in LABEL_SPECS:
         raise ValueError(f"{path}: dataset must be one of {sorted(LABEL_SPECS)}, got {dataset!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise ValueError(f"{path}: size must be an integer >= {MIN_SIZE}, got {size!r}")
-    return LABEL_SPECS[dataset], size
+    for key, value in (("size", size), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SIZE:
+            raise ValueError(f"{path}: {key} must be an integer >= {MIN_SIZE}, got {value!r}")
+    return LABEL_SPECS[dataset], (size, width)
 
 
 class _OnnxLogits:
@@ -109,11 +112,13 @@ class _OnnxLogits:
             ) from None
         self.input_name = self.session.get_inputs()[0].name
 
-    def check(self, path: Path, size: int, num_classes: int) -> None:
-        """The model must take ``size`` x ``size`` images and give ``num_classes`` channels, as its side file says."""
+    def check(self, path: Path, canvas: tuple[int, int], num_classes: int) -> None:
+        """The model must take (height, width) ``canvas`` images and give ``num_classes`` channels, as its
+        side file says."""
         taken, given = self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape
-        if len(taken) != 4 or taken[2:] != [size, size]:
-            raise ValueError(f"{path}: the side file says size {size} but the model takes inputs of shape {taken}")
+        if len(taken) != 4 or taken[2:] != list(canvas):
+            said = str(canvas[0]) if canvas[0] == canvas[1] else f"{canvas[0]}x{canvas[1]}"
+            raise ValueError(f"{path}: the side file says size {said} but the model takes inputs of shape {taken}")
         if len(given) != 4 or given[1] != num_classes:
             raise ValueError(f"{path}: the side file says {num_classes} classes but the model gives shape {given}")
 
@@ -128,7 +133,7 @@ class FaceParser:
     def __init__(
         self,
         spec: LabelSpec,
-        size: int,
+        size: Canvas,
         model: AGRNet | None = None,
         onnx: _OnnxLogits | None = None,
         device: torch.device | None = None,
@@ -150,7 +155,7 @@ class FaceParser:
 
         torch_device = resolve_device(device)
         model, config = model_from_checkpoint(path, torch_device)
-        return cls(config.data.spec(), config.data.size, model=model, device=torch_device)
+        return cls(config.data.spec(), config.data.canvas, model=model, device=torch_device)
 
     @classmethod
     def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> FaceParser:
@@ -192,7 +197,7 @@ class FaceParser:
 
         torch_device = resolve_device(device)
         model, config = load_pretrained(name, torch_device)
-        return cls(config.data.spec(), config.data.size, model=model, device=torch_device)
+        return cls(config.data.spec(), config.data.canvas, model=model, device=torch_device)
 
     @property
     def detector(self) -> MTCNN:

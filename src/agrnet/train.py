@@ -360,7 +360,7 @@ def _train_loader(
     """-> (loader of (batch, errors), its sampler, iterations per epoch) over the train split."""
     data = config.data
     train_set = open_split(
-        data.kind, data.root, "train", data.size, Augmentation(data.augment, data.flip), config.seed, data.classes
+        data.kind, data.root, "train", data.canvas, Augmentation(data.augment, data.flip), config.seed, data.classes
     )
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
@@ -588,7 +588,7 @@ def _step(
 
 def _optional_split(config: TrainConfig, split: Split) -> ParsingDataset | None:
     try:
-        return open_split(config.data.kind, config.data.root, split, config.data.size, classes=config.data.classes)
+        return open_split(config.data.kind, config.data.root, split, config.data.canvas, classes=config.data.classes)
     except ValueError as error:
         log.warning("no %s split (%s): model selection falls back to the last checkpoint", split, error)
         return None

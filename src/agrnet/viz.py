@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from agrnet.data.classes import LabelSpec  # noqa: E402
-from agrnet.data.transforms import to_tensor, warp_pair  # noqa: E402
+from agrnet.data.transforms import Canvas, to_tensor, warp_pair  # noqa: E402
 from agrnet.modeling.agrnet import AGRNet, AGRNetOutput  # noqa: E402
 from agrnet.modeling.graph import AdaptiveProjection  # noqa: E402
 from agrnet.outputs import prepare_out_dir  # noqa: E402
@@ -30,23 +30,23 @@ def _require_adaptive(model: AGRNet) -> AdaptiveProjection:
 
 
 @torch.no_grad()
-def run_on_image(model: AGRNet, image: np.ndarray, size: int) -> tuple[np.ndarray, AGRNetOutput]:
+def run_on_image(model: AGRNet, image: np.ndarray, size: Canvas) -> tuple[np.ndarray, AGRNetOutput]:
     """Letterbox an (H, W, 3) RGB image and run the model; returns the canvas and the output (batch 1)."""
     canvas, _ = warp_pair(image, None, size)
     return canvas, model.eval()(to_tensor(canvas)[None])
 
 
-def _vertex_xy(indices: np.ndarray, grid: tuple[int, int], size: int) -> np.ndarray:
-    """Flat indices into the (h1, w1) feature grid -> (x, y) canvas pixel centres."""
+def _vertex_xy(indices: np.ndarray, grid: tuple[int, int], canvas: tuple[int, int]) -> np.ndarray:
+    """Flat indices into the (h1, w1) feature grid -> (x, y) pixel centres on the (height, width) canvas."""
     h1, w1 = grid
     ys, xs = np.divmod(indices, w1)
-    return np.stack([(xs + 0.5) * size / w1, (ys + 0.5) * size / h1], axis=1)
+    return np.stack([(xs + 0.5) * canvas[1] / w1, (ys + 0.5) * canvas[0] / h1], axis=1)
 
 
 def plot_vertices(canvas: np.ndarray, output: AGRNetOutput, spec: LabelSpec, k: int, path: Path) -> Path:
     assert output.vertex_indices is not None and output.raw_logits is not None
     h1, w1 = output.raw_logits.shape[-2:]
-    xy = _vertex_xy(output.vertex_indices[0].cpu().numpy(), (h1, w1), canvas.shape[0])
+    xy = _vertex_xy(output.vertex_indices[0].cpu().numpy(), (h1, w1), canvas.shape[:2])
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(canvas)
     for cls, name in enumerate(spec.class_names):
@@ -103,7 +103,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def visualize(model: AGRNet, spec: LabelSpec, image: np.ndarray, size: int, out: str | Path) -> list[Path]:
+def visualize(model: AGRNet, spec: LabelSpec, image: np.ndarray, size: Canvas, out: str | Path) -> list[Path]:
     """All three figures for one image into ``out``."""
     projection = _require_adaptive(model)
     out = prepare_out_dir(out)

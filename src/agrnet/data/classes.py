@@ -105,7 +105,18 @@ LIP = LabelSpec(
     ((14, 15), (16, 17), (18, 19)),
 )
 
-LABEL_SPECS: dict[str, LabelSpec] = {s.name: s for s in (LAPA, HELEN, SYNTHETIC, CELEBAMASK_HQ, LIP)}
+# Clothing Co-Parsing's 59 tags grouped into 17 classes named after LIP's (../shared/data/README.md).
+# CCP marks all bare skin as one class and has no left/right, hence no flip pairs.
+CCP = LabelSpec(
+    "ccp",
+    (
+        "background", "hat", "hair", "glove", "sunglasses", "upper_clothes", "dress", "coat", "socks",
+        "pants", "jumpsuits", "scarf", "skirt", "skin", "shoes", "bag", "accessories",
+    ),
+    (),
+)  # fmt: skip
+
+LABEL_SPECS: dict[str, LabelSpec] = {s.name: s for s in (LAPA, HELEN, SYNTHETIC, CELEBAMASK_HQ, LIP, CCP)}
 
 # Helen's merged groups for its F1 table (DESIGN-NOTES §9): pooled F1 over the union of classes.
 HELEN_GROUPS: dict[str, tuple[int, ...]] = {

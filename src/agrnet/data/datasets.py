@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from agrnet.data.classes import HELEN, LABEL_SPECS, LabelSpec
-from agrnet.data.transforms import IGNORE_INDEX, Augmentation, to_tensor, warp_pair
+from agrnet.data.transforms import IGNORE_INDEX, Augmentation, Canvas, to_tensor, warp_pair
 from agrnet.edges import label_edges
 from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
@@ -103,19 +103,19 @@ def load_labels(sample: Sample, num_classes: int) -> np.ndarray:
 
 
 class ParsingDataset(torch.utils.data.Dataset):
-    """Samples of one split, warped to ``size`` x ``size`` for training or evaluation.
+    """Samples of one split, warped onto the canvas ``size`` (S or (height, width)) for training or evaluation.
 
     Indexing with an int gives the un-augmented letterboxed sample. Indexing with (epoch, index)
     draws the augmentation from a generator seeded by (seed, epoch, index): results then depend on
     neither worker count nor resumption.
-    Each item: image (3, S, S) float, labels (S, S) int64, edges (S, S) bool, index int.
+    Each item: image (3, Sh, Sw) float, labels (Sh, Sw) int64, edges (Sh, Sw) bool, index int.
     """
 
     def __init__(
         self,
         samples: list[Sample],
         spec: LabelSpec,
-        size: int,
+        size: Canvas,
         augmentation: Augmentation | None = None,
         seed: int = 0,
     ) -> None:
@@ -293,7 +293,7 @@ def open_split(
     kind: str,
     root: str | Path,
     split: Split,
-    size: int,
+    size: Canvas,
     augmentation: Augmentation | None = None,
     seed: int = 0,
     classes: str | None = None,

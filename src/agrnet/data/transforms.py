@@ -21,20 +21,36 @@ IGNORE_INDEX = 255
 
 AugmentMode = Literal["paper", "code", "none"]
 
+# A network canvas: S for S x S, or (height, width). Tall canvases suit people (a square one would
+# spend a third of its pixels on padding beside a standing person).
+Canvas = int | tuple[int, int]
 
-def letterbox_matrix(height: int, width: int, size: int, scale: float = 1.0, angle: float = 0.0) -> np.ndarray:
-    """2x3 affine from source pixel coordinates to a ``size`` x ``size`` canvas.
 
-    The image is fitted inside the canvas (longest side = size at scale 1), centred, then scaled by
-    ``scale`` and rotated by ``angle`` degrees (counter-clockwise) about the canvas centre.
-    Pixel centres map to pixel centres: source index x -> r * (x - (w - 1) / 2) + (size - 1) / 2.
+def canvas_hw(size: Canvas) -> tuple[int, int]:
+    """A canvas as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def letterbox_ratio(height: int, width: int, size: Canvas) -> float:
+    """The scale that fits a (height, width) image inside the canvas, aspect kept."""
+    canvas_h, canvas_w = canvas_hw(size)
+    return min(canvas_h / height, canvas_w / width)
+
+
+def letterbox_matrix(height: int, width: int, size: Canvas, scale: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """2x3 affine from source pixel coordinates to the canvas (``size``: S or (height, width)).
+
+    The image is fitted inside the canvas (aspect kept), centred, then scaled by ``scale`` and rotated
+    by ``angle`` degrees (counter-clockwise) about the canvas centre. Pixel centres map to pixel
+    centres: source index x -> r * (x - (w - 1) / 2) + (canvas_w - 1) / 2.
     """
-    r = size / max(height, width) * scale
+    canvas_h, canvas_w = canvas_hw(size)
+    r = letterbox_ratio(height, width, size) * scale
     theta = np.deg2rad(angle)
     cos, sin = np.cos(theta) * r, np.sin(theta) * r
     linear = np.array([[cos, sin], [-sin, cos]])
     source_centre = np.array([(width - 1) / 2, (height - 1) / 2])
-    canvas_centre = np.array([(size - 1) / 2, (size - 1) / 2])
+    canvas_centre = np.array([(canvas_w - 1) / 2, (canvas_h - 1) / 2])
     return np.hstack([linear, (canvas_centre - linear @ source_centre)[:, None]])
 
 
@@ -65,29 +81,30 @@ class Augmentation:
 def warp_pair(
     image: np.ndarray,
     labels: np.ndarray | None,
-    size: int,
+    size: Canvas,
     scale: float = 1.0,
     angle: float = 0.0,
     flip_lut: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Warp an (H, W, 3) uint8 image and its (H, W) uint8 labels onto the size x size canvas.
+    """Warp an (H, W, 3) uint8 image and its (H, W) uint8 labels onto the canvas (S or (height, width)).
 
     Image bilinear with pad 0, labels nearest with pad 255. With ``flip_lut`` the canvas is mirrored
     and left/right labels swapped through it.
     """
     h, w = image.shape[:2]
+    canvas_h, canvas_w = canvas_hw(size)
     matrix = letterbox_matrix(h, w, size, scale, angle)
     if flip_lut is not None:
-        matrix = np.array([[-1.0, 0.0, size - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+        matrix = np.array([[-1.0, 0.0, canvas_w - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
     out_image = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        image, matrix, (canvas_w, canvas_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     out_labels = None
     if labels is not None:
         out_labels = cv2.warpAffine(
             labels,
             matrix,
-            (size, size),
+            (canvas_w, canvas_h),
             flags=cv2.INTER_NEAREST,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=255,
@@ -108,18 +125,18 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def unletterbox(logits: torch.Tensor, height: int, width: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Map canvas predictions back to the original image grid (the exact inverse of the letterbox).
 
-    logits (N, C, S, S) for images letterboxed from (height, width) -> (N, C, height, width),
+    logits (N, C, Sh, Sw) for images letterboxed from (height, width) -> (N, C, height, width),
     bilinear, so argmax afterwards gives labels at the original resolution. ``rows`` = (start, stop)
     restricts the output to those image rows, for huge images processed in strips.
     """
-    size = logits.shape[-1]
-    r = size / max(height, width)
+    canvas_h, canvas_w = logits.shape[-2:]
+    r = letterbox_ratio(height, width, (canvas_h, canvas_w))
     device = logits.device
     start, stop = rows or (0, height)
-    xs = r * (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2) + (size - 1) / 2
-    ys = r * (torch.arange(start, stop, device=device, dtype=torch.float32) - (height - 1) / 2) + (size - 1) / 2
-    # grid_sample with align_corners=False addresses pixel centres at (2i + 1) / size - 1.
-    gx, gy = (2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1
+    xs = r * (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2) + (canvas_w - 1) / 2
+    ys = r * (torch.arange(start, stop, device=device, dtype=torch.float32) - (height - 1) / 2) + (canvas_h - 1) / 2
+    # grid_sample with align_corners=False addresses pixel centres at (2i + 1) / side - 1.
+    gx, gy = (2 * xs + 1) / canvas_w - 1, (2 * ys + 1) / canvas_h - 1
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
     grid = grid.unsqueeze(0).expand(logits.shape[0], -1, -1, -1).to(logits.dtype)
     return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
