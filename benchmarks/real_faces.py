@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from agrnet.checkpoints import model_from_checkpoint
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.evaluate import evaluate_dataset
 from agrnet.inference import FaceParser
 from agrnet.metrics import ConfusionMatrix, format_results, summarize
 from agrnet.pretrained import load_pretrained
-from agrnet.train import model_from_checkpoint
 from common import RESULTS, write_result
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"

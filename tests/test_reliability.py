@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from agrnet.checkpoints import load_checkpoint
 from agrnet.cli import main
 from agrnet.data.classes import LAPA
 from agrnet.data.datasets import DatasetError, load_image
@@ -20,7 +21,7 @@ from agrnet.data.synth import generate
 from agrnet.data.transforms import warp_pair
 from agrnet.edges import label_edges
 from agrnet.metrics import ConfusionMatrix, summarize
-from agrnet.train import NonFiniteLossError, load_checkpoint, train
+from agrnet.train import NonFiniteLossError, train
 
 
 @pytest.fixture(scope="module")

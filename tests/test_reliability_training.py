@@ -18,9 +18,10 @@ from conftest import TINY_TRAINING, tiny_train_config
 from PIL import Image
 
 from agrnet import train as train_module
+from agrnet.checkpoints import CheckpointWriteError, atomic_save, load_checkpoint
 from agrnet.cli import main
 from agrnet.data.synth import generate
-from agrnet.train import CheckpointWriteError, atomic_save, load_checkpoint, lock_out_dir, train
+from agrnet.train import lock_out_dir, train
 
 
 @pytest.fixture(scope="module")

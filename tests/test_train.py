@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import TINY_TRAINING, tiny_train_config
 
+from agrnet.checkpoints import load_checkpoint, model_from_checkpoint
 from agrnet.config import ConfigError, load_config
 from agrnet.data.synth import generate
-from agrnet.train import load_checkpoint, model_from_checkpoint, train
+from agrnet.train import train
 
 
 @pytest.fixture(scope="module")

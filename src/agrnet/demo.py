@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from agrnet.checkpoints import model_from_checkpoint
 from agrnet.config import load_config
 from agrnet.data.classes import overlay
 from agrnet.data.datasets import ParsingDataset, open_split
@@ -21,7 +22,7 @@ from agrnet.evaluate import evaluate_dataset
 from agrnet.inference import FaceParser
 from agrnet.metrics import format_results
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.train import model_from_checkpoint, train
+from agrnet.train import train
 
 DEMO_IMAGES = 600
 DEMO_IMAGE_SIZE = 160
@@ -66,11 +67,12 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
     tables = []
     for name, config in runs.items():
         start = time.perf_counter()
-        train(config)
+        train(config, overwrite=True)  # the demo's own folder: a rerun starts the demo again
         seconds = time.perf_counter() - start
         checkpoint = Path(config.out_dir) / "best.pt"
         model, _ = model_from_checkpoint(checkpoint if checkpoint.is_file() else Path(config.out_dir) / "last.pt")
-        test_set = open_split(config.data.kind, config.data.root, "test", config.data.canvas, classes=config.data.classes)
+        data = config.data
+        test_set = open_split(data.kind, data.root, "test", data.canvas, classes=data.classes)
         summary, _ = evaluate_dataset(model, test_set, torch.device("cpu"))
         report["runs"][name] = {
             "variant": config.ablation or "full",

@@ -16,26 +16,30 @@ from typing import Any
 
 import torch
 
+from agrnet.checkpoints import atomic_save, load_checkpoint, model_from_checkpoint
 from agrnet.config import TrainConfig, from_dict
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.train import atomic_save, load_checkpoint, model_from_checkpoint
 
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """One shipped model: its file under ``agrnet/weights`` and that file's sha256."""
+    """One shipped model: its file under ``agrnet/weights``, that file's sha256, what it is, the licence its
+    weights carry (from their training data) and its measured test scores (README model cards)."""
 
     file: str
     sha256: str
     description: str
+    licence: str
+    scores: str
 
 
 PRETRAINED: dict[str, ShippedModel] = {
     "agrnet_mbv2_celebamask": ShippedModel(
         file="agrnet_mbv2_celebamask.pt",
         sha256="d91d55537c6326c5c4ef2bf251f1db779e2a3ff756a5c7d0ceb1d2004b0983d7",
-        description="AGRNet-MobileNetV2 (OS16, C=96, 256 px) trained on 3,500 CelebAMask-HQ faces; 19 classes; "
-        "non-commercial research use only (CelebAMask-HQ licence)",
+        description="face parser: AGRNet-MobileNetV2 (OS16, C=96, 256 px) trained on 3,500 CelebAMask-HQ faces",
+        licence="non-commercial research and educational use only (CelebAMask-HQ licence)",
+        scores="test mean F1 82.8 (83.3 with flip), mean IoU 74.1 on 500 CelebAMask-HQ faces",
     ),
 }
 DEFAULT_PRETRAINED = "agrnet_mbv2_celebamask"
@@ -69,6 +73,22 @@ def pretrained_path(name: str | None = None) -> Path:
             "corrupted or was replaced: reinstall agrnet"
         )
     return path
+
+
+def describe_models() -> str:
+    """One block per shipped model: name, what it is, classes, licence, scores (``agrnet models``)."""
+    blocks = []
+    for name, entry in PRETRAINED.items():
+        config = from_dict(load_checkpoint(pretrained_path(name))["config"])
+        spec = config.data.spec()
+        height, width = config.data.canvas
+        default = " (default)" if name == DEFAULT_PRETRAINED else ""
+        blocks.append(
+            f"{name}{default}\n  {entry.description}; canvas {height}x{width}\n"
+            f"  {spec.num_classes} classes ({spec.subject}s): {', '.join(spec.class_names)}\n"
+            f"  licence: {entry.licence}\n  scores: {entry.scores}"
+        )
+    return "\n\n".join(blocks)
 
 
 def load_pretrained(

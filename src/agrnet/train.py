@@ -13,13 +13,11 @@ import fcntl
 import logging
 import math
 import os
-import pickle
-import shutil
 import signal
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,11 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from agrnet.build import build_agrnet
-from agrnet.config import DEVICE_PATTERN, OptimConfig, TrainConfig, from_dict, to_dict
+from agrnet.checkpoints import atomic_save, load_checkpoint
+from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
 from agrnet.data.datasets import DatasetError, ParsingDataset, Split, open_split
 from agrnet.data.transforms import Augmentation
+from agrnet.devices import resolve_device
 from agrnet.evaluate import evaluate_dataset
 from agrnet.losses import AGRNetLoss
 from agrnet.modeling.agrnet import AGRNet
@@ -91,22 +91,6 @@ def setup_distributed(device: str) -> Distributed:
     return d
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps -> a device that exists on this machine, or a ValueError."""
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device mps: MPS is not available on this machine; use cpu or auto")
-    return device
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """Chosen once per run. None means full precision."""
     if device.type != "cuda" or amp == "off":
@@ -116,10 +100,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, quota, I/O error); the previous file is intact."""
 
 
 class RunLockedError(ValueError):
@@ -149,92 +129,6 @@ def lock_out_dir(out_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def atomic_save(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-        free_mb = shutil.disk_usage(path.parent).free / 1e6
-        raise CheckpointWriteError(
-            f"cannot write checkpoint {path} ({reason}; {free_mb:.0f} MB free there); the previous {path.name}, "
-            "if any, is unchanged; free some space and continue with --resume"
-        ) from None
-    with contextlib.suppress(OSError):  # directory fsync makes the rename durable where supported
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: arbitrary pickled code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    kind = _looks_like(path)
-    if kind is not None:
-        raise ValueError(f"{path}: not an agrnet checkpoint: the file looks like {kind}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, which is exactly what must not be done here.
-        raise ValueError(
-            f"{path}: refused: the file holds pickled objects other than tensors and plain data. Checkpoints are "
-            "loaded with weights_only=True; files holding pickled code are refused."
-        ) from None
-    except Exception as error:  # a truncated or foreign file fails in several ways
-        raise ValueError(
-            f"{path}: not a loadable agrnet checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            "is the file complete (a copy cut short, an interrupted download)?"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path}: not an agrnet checkpoint (no 'model' and 'config' entries)")
-    return state
-
-
-_MAGIC = {
-    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"BM": "a BMP image",
-    b"RIFF": "a WebP image",
-}  # fmt: skip
-
-
-def _looks_like(path: Path) -> str | None:
-    """What a file that is no checkpoint seems to be, from its first bytes; None for anything that
-    may be one (torch's zip or pickle formats). Without this, torch reports a YAML file as pickled code."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    for magic, kind in _MAGIC.items():
-        if head.startswith(magic):
-            return kind
-    if head.startswith(b"\x08") and (b"pytorch" in head or b"onnx" in head.lower()):
-        return "an ONNX model: predict and serve take it named .onnx; evaluate, visualize, export need a .pt file"
-    if head and all(byte >= 9 for byte in head):  # no control bytes: text, which torch never writes
-        return "a text file (a YAML config? train takes it with --config)"
-    return None
-
-
-def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AGRNet, TrainConfig]:
-    """Rebuild the model a checkpoint was trained with (config stored inside) and load its weights."""
-    state = load_checkpoint(path, map_location)
-    config = from_dict(state["config"])
-    # The stored weights replace the backbone's ImageNet initialisation: do not look for it.
-    model = build_agrnet(replace(config.resolved_model(), pretrained=None))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit the stored config ({str(error).splitlines()[1:2]})") from None
-    return model, config
-
-
 class _StopFlag:
     """SIGTERM/SIGINT ask the loop to checkpoint and exit at the next step boundary."""
 
@@ -262,12 +156,13 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint ``last.pt``.
 
     Files in ``config.out_dir``: ``last.pt`` (every ``checkpoint_every`` iterations, on SIGTERM/SIGINT
     and at the end), ``best.pt`` (best val mean F1), ``log.csv``, ``config.yaml``, ``.lock`` (who
-    runs in the folder now).
+    runs in the folder now). A folder holding another run is refused unless ``resume`` (continue it)
+    or ``overwrite`` (replace it); ``resume`` without a ``last.pt`` there is refused too.
     """
     d = setup_distributed(config.device)
     device = resolve_device(config.device, d.local_rank)
@@ -275,7 +170,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         return _train(config, resume, progress, d, device)
     out_dir = prepare_out_dir(config.out_dir)
     with lock_out_dir(out_dir):
+        _claim_out_dir(out_dir, resume, overwrite)
         return _train(config, resume, progress, d, device)
+
+
+# What a run leaves in its folder; a new run must not mix its files with them.
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "nonfinite.pt")
+
+
+def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out_dir / "last.pt").is_file():
+            raise ValueError(
+                f"--resume: {out_dir} holds no last.pt to continue (is out_dir right?); "
+                "drop --resume to start a new run there"
+            )
+        return
+    previous = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if previous and not overwrite:
+        raise ValueError(
+            f"{out_dir} holds a training run ({', '.join(previous)}): continue it with --resume, choose another "
+            "out_dir, or pass --overwrite to replace it"
+        )
+    for name in previous:
+        (out_dir / name).unlink()
 
 
 @dataclass
@@ -308,6 +226,18 @@ class _Run:
                 path,
             )  # fmt: skip
 
+    def _apply_optim_settings(self) -> None:
+        """After loading a checkpoint's optimizer and schedule, the current config's lr, weight decay and
+        momentum apply from here on (the saved config records them: it must record what is used)."""
+        optim = self.config.optim
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["weight_decay"] = optim.lr, optim.weight_decay
+            if "momentum" in group:
+                group["momentum"] = optim.momentum
+        self.scheduler.base_lrs = [optim.lr for _ in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+
     def restore(self, path: Path) -> None:
         """Continue from a ``last.pt`` of the same model; a different model is refused, naming the changes."""
         state = load_checkpoint(path, self.device)
@@ -319,11 +249,18 @@ class _Run:
                 f"{path} was trained with another model (stored vs now: {changed}); resume with the "
                 f"stored settings or choose a new out_dir"
             )
+        stored_optim = from_dict(state["config"]).optim.name
+        if stored_optim != self.config.optim.name:
+            raise ValueError(
+                f"{path} was trained with optim.name={stored_optim}, whose state does not carry over to "
+                f"{self.config.optim.name}; resume with optim.name={stored_optim} or choose a new out_dir"
+            )
         if state["config"] != to_dict(self.config):
             log.warning("resuming %s with a config that differs from the stored one", path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optim_settings()
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_f1 = state["iteration"], state["best_f1"]
         torch.set_rng_state(state["rng_cpu"])
@@ -467,12 +404,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
     run = _build_run(config, d, device)
     loader, sampler, iters_per_epoch = _train_loader(config, run.model.num_classes, d, device)
     val_set = _optional_split(config, "val")
-    if resume and last_path.is_file():
+    if resume:
         run.restore(last_path)
         if d.main:
             log.info("resumed from %s at iteration %d", last_path, run.iteration)
-    elif resume and d.main:
-        log.info("--resume: no %s yet, starting fresh", last_path)
     if d.main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
