@@ -12,6 +12,7 @@ import skimage.data
 from PIL import Image
 
 from agrnet.detection import FACE_TEMPLATE, MTCNN, Face, align_face, alignment_matrix, parse_photo_faces, paste_back
+from agrnet.detection.align import PhotoCanvas
 from agrnet.detection.mtcnn import WEIGHTS_DIR
 
 VAL_IMAGES = Path("/work/shared/data/celebamask-mini/val/images")
@@ -129,7 +130,7 @@ def constant_probabilities(num_classes: int, size: int, winner: int, confidence:
     return probabilities
 
 
-def test_overlapping_faces_go_to_the_more_confident_face() -> None:
+def test_overlapping_faces_go_to_the_nearer_face() -> None:
     size = 64
     left = np.array([[1, 0, -10], [0, 1, -10]], dtype=np.float64)  # crop covers photo pixels 10..73
     right = np.array([[1, 0, -40], [0, 1, -40]], dtype=np.float64)  # 40..103: overlap 40..73
@@ -138,11 +139,45 @@ def test_overlapping_faces_go_to_the_more_confident_face() -> None:
     for crops, matrices in (([unsure, sure], [left, right]), ([sure, unsure], [right, left])):
         labels, probabilities = paste_back(crops, matrices, 120, 131)
         assert labels[20, 20] == 1 and labels[60, 60] == 2 and labels[90, 90] == 2
+        assert labels[45, 45] == 1  # nearer the left crop's centre (41.5, 41.5) than the right's (71.5, 71.5)
         assert labels[5, 5] == 0 and labels[110, 125] == 0
         np.testing.assert_allclose(probabilities[:, 60, 60], [0.1, 0.0, 0.9])
         np.testing.assert_allclose(probabilities[:, 5, 5], [1.0, 0.0, 0.0])
-    labels, _ = paste_back([constant_probabilities(3, size, 1, 0.95), sure], [left, right], 120, 131)
-    assert labels[60, 60] == 1
+    # Confidence does not let a face's crop take over near another face's centre.
+    confident, doubtful = constant_probabilities(3, size, 1, 0.99), constant_probabilities(3, size, 2, 0.6)
+    labels, _ = paste_back([confident, doubtful], [left, right], 120, 131)
+    assert labels[60, 60] == 2 and labels[45, 45] == 1
+
+
+def test_a_neighbours_background_never_erases_a_face() -> None:
+    """Four tightly framed faces side by side: each crop is sure of its background around its own face, and
+    every pixel that a face's own crop labels as a face part stays that part."""
+    size, step = 64, 40
+    ys, xs = np.mgrid[:size, :size]
+    disc = np.hypot(xs - 31.5, ys - 31.5) < 24
+    crops, matrices = [], []
+    for face in range(4):
+        probabilities = np.zeros((3, size, size), np.float32)
+        probabilities[0], probabilities[1 + face % 2] = np.where(disc, 0.2, 0.99), np.where(disc, 0.8, 0.01)
+        crops.append(probabilities)
+        matrices.append(np.array([[1, 0, -step * face], [0, 1, 0]], dtype=np.float64))
+    labels, _ = paste_back(crops, matrices, size, step * 3 + size)
+    for face in range(4):
+        own = np.zeros_like(labels, dtype=bool)
+        own[:, step * face : step * face + size] = disc
+        assert (labels[own] > 0).all(), f"face {face}: {(labels[own] == 0).mean():.1%} of its parts erased"
+
+
+def test_a_wide_view_adds_context_without_overriding_the_primary_crop() -> None:
+    size = 64
+    primary = np.array([[1, 0, -40], [0, 1, -40]], dtype=np.float64)  # photo 40..103
+    wide = np.array([[0.5, 0, -8], [0, 0.5, -8]], dtype=np.float64)  # photo 16..143 at half the scale
+    canvas = PhotoCanvas(160, 160, 3, probabilities=False)
+    canvas.paste(constant_probabilities(3, size, 1, 0.7), primary)
+    canvas.paste(constant_probabilities(3, size, 2, 0.99), wide, primary=False)
+    assert canvas.probabilities is None
+    assert (canvas.labels[40:104, 40:104] == 1).all()
+    assert canvas.labels[20, 20] == 2 and canvas.labels[140, 140] == 2 and canvas.labels[5, 5] == 0
 
 
 def test_parse_photo_faces(detector: MTCNN, astronaut: np.ndarray) -> None:

@@ -1,7 +1,10 @@
-"""``FaceParser``: parse photos with a trained checkpoint or an exported ONNX file.
+"""``Parser`` (alias ``FaceParser``): parse photos with a shipped model, a trained checkpoint or an
+exported ONNX file; face parsers and the human parser alike.
 
 Inputs are file paths, PIL images or numpy arrays (H, W, 3) **RGB** uint8 (grayscale (H, W) and RGBA
-are converted). Each image is letterboxed to the network size and the prediction is mapped back to
+are converted). Paths and PIL images are treated alike: EXIF orientation applied (a sideways phone photo is
+parsed upright, and label maps match it as displayed) and 16-bit images scaled to 8 bits; arrays are taken
+as they are. Each image is letterboxed to the network size and the prediction is mapped back to
 the image's own size, so label maps always match the input pixel for pixel.
 """
 
@@ -14,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
-from agrnet.data.transforms import Canvas, to_tensor, unletterbox, warp_pair
+from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, unletterbox, warp_pair
 from agrnet.detection import MTCNN, Face, parse_photo_faces
 from agrnet.evaluate import flip_permutation, predict_logits
-from agrnet.images import MAX_SIDE
+from agrnet.images import MAX_SIDE, pil_to_rgb
 from agrnet.modeling.agrnet import AGRNet
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -31,11 +34,23 @@ ImageInput = str | Path | Image.Image | np.ndarray
 @dataclass
 class Parsing:
     """labels: (H, W) uint8 class indices at the input size; probabilities: (Nc, H, W) float32 or None;
-    faces: the faces found (box, 5 landmarks, score) when parsed with ``detect_faces=True``, else None."""
+    faces: the faces parsed (box, 5 landmarks, score) with ``detect_faces=True``, else None;
+    faces_skipped: faces found beyond the parser's ``max_faces`` (the smallest ones), not parsed."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     faces: list[Face] | None = None
+    faces_skipped: int = 0
+
+
+# How much of the photo around a detected face the network sees: the aligned crop's side over the training
+# crop's, with the face kept at the training scale. 1.0 is the CelebA-HQ framing, which cuts long hair and the
+# neck off; measured in benchmarks/results/wild_faces.md.
+DEFAULT_FACE_ZOOM = 2.0
+# Faces parsed per photo at most (the largest first) and per network batch: a photo tiled with hundreds of
+# faces must not take the machine's memory or minutes of one request.
+DEFAULT_MAX_FACES = 32
+FACE_CHUNK = 8
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -44,7 +59,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return load_image(Path(image))
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"))
+        array = pil_to_rgb(ImageOps.exif_transpose(image))
     elif isinstance(image, np.ndarray):
         array = _array_to_rgb(image)
     else:
@@ -127,8 +142,13 @@ class _OnnxLogits:
         return torch.from_numpy(logits)
 
 
-class FaceParser:
-    """Inference wrapper; construct with ``from_checkpoint`` or ``from_onnx``."""
+class Parser:
+    """Inference wrapper; construct with ``from_pretrained``, ``from_checkpoint`` or ``from_onnx``.
+
+    ``face_zoom`` (``detect_faces=True``): each face's crop shows ``face_zoom`` times the training crop's side
+    around the face, at the training scale, so hair and neck beyond the CelebA-HQ framing are parsed too
+    (default ``DEFAULT_FACE_ZOOM``; 1.0 for ONNX models, whose input size is fixed). ``max_faces``: faces
+    parsed per photo, the largest first; the rest are counted in ``Parsing.faces_skipped``."""
 
     def __init__(
         self,
@@ -137,11 +157,22 @@ class FaceParser:
         model: AGRNet | None = None,
         onnx: _OnnxLogits | None = None,
         device: torch.device | None = None,
+        face_zoom: float | None = None,
+        max_faces: int = DEFAULT_MAX_FACES,
     ) -> None:
         if (model is None) == (onnx is None):
             raise ValueError("give exactly one of model and onnx")
+        face_zoom = face_zoom if face_zoom is not None else (DEFAULT_FACE_ZOOM if onnx is None else 1.0)
+        if not (isinstance(face_zoom, (int, float)) and 1.0 <= face_zoom <= 4.0):
+            raise ValueError(f"face_zoom must be a number from 1 to 4, got {face_zoom!r}")
+        if onnx is not None and face_zoom != 1.0:
+            raise ValueError("an ONNX model takes one input size: face_zoom must be 1.0")
+        if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1:
+            raise ValueError(f"max_faces must be an integer >= 1, got {max_faces!r}")
         device = device or torch.device("cpu")
         self.spec, self.size, self.model, self.onnx, self.device = spec, size, model, onnx, device
+        self.face_zoom, self.max_faces = float(face_zoom), max_faces
+        self.face_view = "wide"
         self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
         self._detector: MTCNN | None = None
         if model is not None:
@@ -150,15 +181,16 @@ class FaceParser:
                 model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> FaceParser:
-        from agrnet.train import model_from_checkpoint, resolve_device
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Parser:
+        from agrnet.checkpoints import model_from_checkpoint
+        from agrnet.devices import resolve_device
 
         torch_device = resolve_device(device)
         model, config = model_from_checkpoint(path, torch_device)
         return cls(config.data.spec(), config.data.canvas, model=model, device=torch_device)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> FaceParser:
+    def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> Parser:
         """Load an ``agrnet export --format onnx`` file; its label spec and size sit beside it in
         ``<file>.json``."""
         path = Path(path)
@@ -189,11 +221,11 @@ class FaceParser:
         return predict_logits(self.model, images, perm, self.amp_dtype)
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, device: str = "auto") -> FaceParser:
+    def from_pretrained(cls, name: str | None = None, device: str = "auto") -> Parser:
         """A model shipped inside the package (``agrnet.pretrained.PRETRAINED``; default: the
         CelebAMask-HQ parser), its file checked by sha256."""
+        from agrnet.devices import resolve_device
         from agrnet.pretrained import load_pretrained
-        from agrnet.train import resolve_device
 
         torch_device = resolve_device(device)
         model, config = load_pretrained(name, torch_device)
@@ -232,6 +264,11 @@ class FaceParser:
         for name, value in (("probabilities", probabilities), ("flip", flip), ("detect_faces", detect_faces)):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
+        if detect_faces and self.spec.subject != "face":
+            raise ValueError(
+                f"detect_faces=True needs a face parser; this model ({self.spec.name}) parses whole "
+                f"{self.spec.subject}s: give the photo without detect_faces"
+            )
         if detect_faces:
             return [self._parse_photo(to_rgb_array(image), probabilities, flip) for image in images]
         results: list[Parsing] = []
@@ -245,14 +282,23 @@ class FaceParser:
 
 
     def _parse_photo(self, photo: np.ndarray, probabilities: bool, flip: bool) -> Parsing:
-        faces = self.detector.detect(photo)
+        found = self.detector.detect(photo)
+        faces = sorted(found, key=lambda f: -float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))[: self.max_faces]
+        size = canvas_hw(self.size)[0]
+        views = [(size, size)]
+        if self.face_zoom > 1 and self.face_view == "canvas":
+            # A multiple of 32 keeps every backbone stage's grid whole.
+            views = [(size, max(size, 32 * round(size * self.face_zoom / 32)))]
+        elif self.face_zoom > 1:
+            views.append((size / self.face_zoom, size))
         labels, probs = parse_photo_faces(
-            photo, faces, lambda crops: self._crop_probabilities(crops, flip), self.size, self.spec.num_classes
-        )
-        return Parsing(labels, probs if probabilities else None, faces)
+            photo, faces, lambda crops: self._crop_probabilities(crops, flip), size, self.spec.num_classes,
+            views=views, probabilities=probabilities, chunk=FACE_CHUNK,
+        )  # fmt: skip
+        return Parsing(labels, probs, faces, faces_skipped=len(found) - len(faces))
 
     def _crop_probabilities(self, crops: list[np.ndarray], flip: bool) -> list[np.ndarray]:
-        """Aligned (S, S, 3) crops at the network size -> (Nc, S, S) float32 probabilities each."""
+        """Aligned (S, S, 3) crops -> (Nc, S, S) float32 probabilities each."""
         logits = self._logits(torch.stack([to_tensor(crop) for crop in crops]), flip)
         return list(logits.float().softmax(1).cpu().numpy())
 
@@ -273,3 +319,7 @@ def _to_input_size(canvas_logits: torch.Tensor, height: int, width: int, probabi
         if probs is not None:
             probs[:, start:stop] = strip.softmax(0).cpu().numpy()
     return Parsing(labels, probs)
+
+
+# The name from before the human parser; kept so existing code keeps working.
+FaceParser = Parser

@@ -4,7 +4,6 @@ from agrnet.detection.align import (
     FACE_TEMPLATE,
     align_face,
     alignment_matrix,
-    background,
     parse_photo_faces,
     paste_back,
 )
@@ -16,7 +15,6 @@ __all__ = [
     "Face",
     "align_face",
     "alignment_matrix",
-    "background",
     "parse_photo_faces",
     "paste_back",
 ]

@@ -38,34 +38,33 @@ def _umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def alignment_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """(5, 2) photo landmarks -> (2, 3) float64 similarity taking photo pixels to a size x size crop whose
-    landmarks best match FACE_TEMPLATE scaled to that size."""
-    template = FACE_TEMPLATE.astype(np.float64) * (size / TEMPLATE_SIZE)
+def alignment_matrix(landmarks: np.ndarray, size: float, side: int | None = None) -> np.ndarray:
+    """(5, 2) photo landmarks -> (2, 3) float64 similarity taking photo pixels to a crop whose landmarks best
+    match FACE_TEMPLATE scaled to a ``size`` x ``size`` crop. ``side`` (default ``size``) is the crop's actual
+    side: a larger side keeps the face at that scale, centred, and shows more of the photo around it."""
+    side = round(size) if side is None else side
+    template = FACE_TEMPLATE.astype(np.float64) * (size / TEMPLATE_SIZE) + (side - size) / 2
     return _umeyama(np.asarray(landmarks, dtype=np.float64), template)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) uint8 photo, (5, 2) landmarks -> (size, size, 3) uint8 aligned crop and its (2, 3) matrix.
+def align_face(
+    image: np.ndarray, landmarks: np.ndarray, size: float, side: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 photo, (5, 2) landmarks -> (side, side, 3) uint8 aligned crop and its (2, 3) matrix
+    (``side``: see ``alignment_matrix``).
 
     Outside the photo the crop is filled by reflection: CelebA-HQ's own crops were padded by reflecting the
     photo, so the parser has seen that, whereas a black border is a hard edge it never saw during training.
     """
-    matrix = alignment_matrix(landmarks, size)
-    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    side = round(size) if side is None else side
+    matrix = alignment_matrix(landmarks, size, side)
+    crop = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return crop, matrix
 
 
-def background(height: int, width: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """All-background result: (H, W) uint8 zeros and (Nc, H, W) float32 with class 0 probability 1."""
-    probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
-    probabilities[0] = 1.0
-    return np.zeros((height, width), dtype=np.uint8), probabilities
-
-
-def _footprint(matrix: np.ndarray, size: int, height: int, width: int) -> tuple[slice, slice] | None:
+def _footprint(matrix: np.ndarray, side: int, height: int, width: int) -> tuple[slice, slice] | None:
     """Photo rows and columns covering the crop's footprint, or None when it misses the photo."""
-    corners = np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], dtype=np.float64)
+    corners = np.array([[0, 0], [side - 1, 0], [0, side - 1], [side - 1, side - 1]], dtype=np.float64)
     photo = cv2.transform(corners[None], cv2.invertAffineTransform(matrix))[0]
     x0, y0 = np.maximum(np.floor(photo.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(photo.max(0)).astype(int) + 1, [width, height])
@@ -74,14 +73,18 @@ def _footprint(matrix: np.ndarray, size: int, height: int, width: int) -> tuple[
     return slice(y0, y1), slice(x0, x1)
 
 
-def _warp_back(probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice) -> tuple[np.ndarray, ...]:
-    """(Nc, S, S) crop probabilities -> (Nc, h, w) probabilities over the photo window and its (h, w) mask of
-    pixels that fall inside the crop."""
-    size = probabilities.shape[-1]
+def _warp_back(
+    probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Nc, S, S) crop probabilities -> over the photo window: (Nc, h, w) probabilities, the (h, w) mask of
+    pixels inside the crop, and their (h, w) centrality: 1 at the crop's centre, 0 at its corners."""
+    side = probabilities.shape[-1]
     ys, xs = np.mgrid[rows, cols].astype(np.float32)
     map_x = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]).astype(np.float32)
     map_y = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]).astype(np.float32)
-    inside = (map_x >= 0) & (map_x <= size - 1) & (map_y >= 0) & (map_y <= size - 1)
+    inside = (map_x >= 0) & (map_x <= side - 1) & (map_y >= 0) & (map_y <= side - 1)
+    half = (side - 1) / 2
+    centrality = 1 - np.hypot(map_x - half, map_y - half) / (half * np.sqrt(2) + 1e-6)
     # cv2.remap handles at most 4 channels at a time.
     warped = np.concatenate(
         [
@@ -90,7 +93,49 @@ def _warp_back(probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols:
         ],
         axis=2,
     )
-    return warped.transpose(2, 0, 1), inside
+    return warped.transpose(2, 0, 1), inside, centrality
+
+
+# Rows of a face's footprint warped back at a time, so that a face filling a 40 MP photo never needs its
+# whole (Nc, H, W) float32 window at once.
+_STRIP_PIXELS = 2_000_000
+
+
+class PhotoCanvas:
+    """The photo's parse, built crop by crop: (H, W) uint8 labels and each pixel's claim, plus (Nc, H, W)
+    float32 probabilities only when asked for.
+
+    Where crops overlap, foreground beats background (a neighbour's crop must not erase a face's hair or
+    skin with its own background); then a primary crop (the training framing) beats a wide one (more context,
+    fewer pixels per face); then the crop whose centre is nearer, relative to its size, wins: a face's own
+    crop decides near that face. Claim = 2 * foreground + primary + centrality (in [0, 1))."""
+
+    def __init__(self, height: int, width: int, num_classes: int, probabilities: bool) -> None:
+        self.labels = np.zeros((height, width), dtype=np.uint8)
+        self.claim = np.full((height, width), -1.0, dtype=np.float32)
+        self.probabilities: np.ndarray | None = None
+        if probabilities:
+            self.probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
+            self.probabilities[0] = 1.0
+
+    def paste(self, crop_probabilities: np.ndarray, matrix: np.ndarray, primary: bool = True) -> None:
+        """Warp one crop's (Nc, S, S) probabilities back with its (2, 3) photo -> crop matrix."""
+        height, width = self.labels.shape
+        window = _footprint(matrix, crop_probabilities.shape[-1], height, width)
+        if window is None:
+            return
+        rows, cols = window
+        step = max(1, _STRIP_PIXELS // max(1, cols.stop - cols.start))
+        for start in range(rows.start, rows.stop, step):
+            strip = (slice(start, min(rows.stop, start + step)), cols)
+            warped, inside, centrality = _warp_back(crop_probabilities, matrix, *strip)
+            labels = warped.argmax(0).astype(np.uint8)
+            claim = 2.0 * (labels > 0) + primary + 0.999 * centrality
+            wins = inside & (claim > self.claim[strip])
+            np.copyto(self.claim[strip], claim, where=wins)
+            np.copyto(self.labels[strip], labels, where=wins)
+            if self.probabilities is not None:
+                np.copyto(self.probabilities[(slice(None), *strip)], warped, where=wins)
 
 
 def paste_back(
@@ -99,24 +144,16 @@ def paste_back(
     """Warps each face's (Nc, S, S) float32 crop probabilities back to the photo with its (2, 3) matrix.
 
     Returns (H, W) uint8 labels and (Nc, H, W) float32 probabilities. Pixels outside every face are background
-    (class 0, probability 1); where faces overlap, the face more confident there (higher max probability) wins.
+    (class 0, probability 1); where faces overlap, ``PhotoCanvas``'s rule decides.
     Each face is only warped over its footprint, so the cost follows the faces' size, not the photo's.
     """
     if not crop_probabilities:
-        raise ValueError("paste_back needs at least one face; use background() for a photo without faces")
-    labels, probabilities = background(height, width, len(crop_probabilities[0]))
-    confidence = np.full((height, width), -1.0, dtype=np.float32)
+        raise ValueError("paste_back needs at least one face")
+    canvas = PhotoCanvas(height, width, len(crop_probabilities[0]), probabilities=True)
     for crop, matrix in zip(crop_probabilities, matrices, strict=True):
-        window = _footprint(matrix, crop.shape[-1], height, width)
-        if window is None:
-            continue
-        warped, inside = _warp_back(np.asarray(crop, dtype=np.float32), matrix, *window)
-        face_confidence = warped.max(0)
-        wins = inside & (face_confidence > confidence[window])
-        confidence[window][wins] = face_confidence[wins]
-        labels[window][wins] = warped.argmax(0)[wins]
-        np.copyto(probabilities[(slice(None), *window)], warped, where=wins)
-    return labels, probabilities
+        canvas.paste(np.asarray(crop, dtype=np.float32), matrix)
+    assert canvas.probabilities is not None
+    return canvas.labels, canvas.probabilities
 
 
 def parse_photo_faces(
@@ -125,15 +162,25 @@ def parse_photo_faces(
     parse_crops: Callable[[list[np.ndarray]], list[np.ndarray]],
     size: int,
     num_classes: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Aligns each face to a size x size crop, parses the crops with ``parse_crops`` ((size, size, 3) uint8 RGB
-    crops -> (Nc, size, size) float32 probabilities each) and pastes them back.
+    views: Sequence[tuple[float, int]] | None = None,
+    probabilities: bool = True,
+    chunk: int = 8,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Aligns each face to one crop per view, parses the crops with ``parse_crops`` ((S, S, 3) uint8 RGB crops
+    of one view -> (Nc, S, S) float32 probabilities each), ``chunk`` faces at a time, and pastes them back.
 
-    Returns (H, W) uint8 labels and (Nc, H, W) float32 probabilities; all background when ``faces`` is empty.
+    A view (scale, side) is a (side, side) crop with the face as large as in a ``scale`` x ``scale`` training
+    crop (``alignment_matrix``); default one view, (size, size): the training framing. The first view is the
+    primary one (see ``PhotoCanvas``), the others add context around it. Returns (H, W) uint8
+    labels and, with ``probabilities``, (Nc, H, W) float32 probabilities (else None); all background when
+    ``faces`` is empty. Memory: one chunk of crops plus the photo's labels and claims.
     """
     height, width = image.shape[:2]
-    if not faces:
-        return background(height, width, num_classes)
-    aligned = [align_face(image, face.landmarks, size) for face in faces]
-    probabilities = parse_crops([crop for crop, _ in aligned])
-    return paste_back(probabilities, [matrix for _, matrix in aligned], height, width)
+    canvas = PhotoCanvas(height, width, num_classes, probabilities)
+    for start in range(0, len(faces), chunk):
+        for view, (scale, side) in enumerate(views or [(size, size)]):
+            aligned = [align_face(image, face.landmarks, scale, side) for face in faces[start : start + chunk]]
+            parsed = parse_crops([crop for crop, _ in aligned])
+            for crop_probabilities, (_, matrix) in zip(parsed, aligned, strict=True):
+                canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, primary=view == 0)
+    return canvas.labels, canvas.probabilities
