@@ -119,8 +119,8 @@ def test_visualizations(checkpoint: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_parity(checkpoint: Path, tmp_path: Path, fmt: str, parser: FaceParser) -> None:
+    from agrnet.checkpoints import model_from_checkpoint
     from agrnet.export import export_model
-    from agrnet.train import model_from_checkpoint
 
     model, config = model_from_checkpoint(checkpoint)
     out = tmp_path / f"model.{fmt}"

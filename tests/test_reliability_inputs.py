@@ -61,7 +61,7 @@ def test_boundary_values_are_accepted() -> None:
 
 
 def test_a_missing_device_is_refused_before_training() -> None:
-    from agrnet.train import resolve_device
+    from agrnet.devices import resolve_device
 
     with pytest.raises(ValueError, match=r"device cuda:7: this machine has \d+ CUDA device\(s\)"):
         resolve_device("cuda:7")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,17 +16,19 @@ import torch
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.data.classes import LABEL_SPECS
 from agrnet.data.datasets import READERS
+from agrnet.modeling.backbone import BACKBONES
 from agrnet.profiling import format_table, profile_model
 
 if TYPE_CHECKING:
-    from agrnet.inference import FaceParser
+    from agrnet.inference import Parser
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    config = ablation(
-        args.variant,
-        ModelConfig(num_classes=args.num_classes, backbone=args.backbone, top_k=args.top_k, channels=args.channels),
-    )
+    settings = {"num_classes": args.num_classes, "backbone": args.backbone, "top_k": args.top_k,
+                "output_stride": args.output_stride}  # fmt: skip
+    if args.channels is not None:  # the heads' widths scale together, as in the shipped configs
+        settings |= {"channels": args.channels, "context_channels": 2 * args.channels, "edge_channels": args.channels}
+    config = ablation(args.variant, ModelConfig(**settings))
     with torch.device("meta"):
         model = build_agrnet(config)
     table = profile_model(model, (args.image_size, args.image_size), args.batch_size)
@@ -39,11 +42,13 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="parameters and FLOPs per module (Table I(d))")
-    p.add_argument("--backbone", default="resnet101", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--backbone", default="resnet101", choices=sorted(BACKBONES))
+    p.add_argument("--output-stride", type=int, default=8, choices=[8, 16], help="8 (the paper); 16: mobilenet_v2")
     p.add_argument("--image-size", type=int, default=473)
     p.add_argument("--num-classes", type=int, default=11)
     p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--channels", type=int, default=256, help="graph feature width C")
+    p.add_argument("--channels", type=int, help="graph feature width C (default 256, the paper's; the shipped "
+                   "models use 96, with the context width 2C and the edge width C)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--variant", default="full", choices=sorted(ABLATIONS))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -72,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from agrnet.train import train
 
     config = load_config(args.config, args.overrides)
-    path = train(config, resume=args.resume)
+    path = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"checkpoint: {path}")
     return 0
 
@@ -81,17 +86,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train AGRNet from a config (+ key=value overrides)")
     p.add_argument("--config", required=True, help="a YAML path or a shipped name: lapa, helen, ...")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT_DIR (default: refuse)")
     p.add_argument("overrides", nargs="*", help="e.g. optim.lr=0.01 data.root=/data/LaPa")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agrnet.checkpoints import model_from_checkpoint
     from agrnet.data.classes import HELEN_GROUPS, LABEL_MAPS, label_map_lut
     from agrnet.data.datasets import open_split
+    from agrnet.devices import resolve_device
     from agrnet.evaluate import evaluate_dataset
     from agrnet.metrics import format_results, merged_f1
     from agrnet.outputs import prepare_out_file
-    from agrnet.train import model_from_checkpoint, resolve_device
 
     json_path = prepare_out_file(args.json) if args.json else None  # before the evaluation, not after
     device = resolve_device(args.device)
@@ -103,7 +110,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         lut = label_map_lut(args.label_map)
         source, kind = LABEL_MAPS[args.label_map][0], LABEL_MAPS[args.label_map][1]
         model_spec = LABEL_SPECS[source]
-    dataset = open_split(kind, args.data or config.data.root, args.split, config.data.canvas, classes=config.data.classes)
+    data = config.data
+    dataset = open_split(kind, args.data or data.root, args.split, data.canvas, classes=data.classes)
     summary, matrix = evaluate_dataset(
         model.to(device), dataset, device, flip=args.flip, label_lut=lut, model_spec=model_spec,
         batch_size=args.batch_size, workers=args.workers,
@@ -127,19 +135,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (the same rule as the config file's)."""
+def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (the same rule as the config file's) and <= ``high``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
     return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -200,14 +220,34 @@ def _split_checkpoint(positionals: list[str]) -> tuple[str | None, list[str]]:
     return None, positionals
 
 
-def _load_parser(checkpoint: str | None, device: str) -> FaceParser:
-    from agrnet.inference import FaceParser
+def _load_parser(checkpoint: str | None, device: str, model: str | None = None) -> Parser:
+    """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both."""
+    from agrnet.inference import Parser
 
+    if checkpoint is not None and model is not None:
+        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {model}, not both")
     if checkpoint is None:
-        return FaceParser.from_pretrained(device=device)
+        return Parser.from_pretrained(model, device=device)
     if checkpoint.endswith(".onnx"):
-        return FaceParser.from_onnx(checkpoint)
-    return FaceParser.from_checkpoint(checkpoint, device=device)
+        return Parser.from_onnx(checkpoint)
+    return Parser.from_checkpoint(checkpoint, device=device)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help="a shipped model by name (agrnet models lists them; "
+                   "default: the face parser)")  # fmt: skip
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from agrnet.pretrained import describe_models
+
+    print(describe_models())
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the shipped models: classes, licence, scores")
+    p.set_defaults(func=_cmd_models)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -246,18 +286,21 @@ def _add_max_pixels(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from agrnet.checkpoints import model_from_checkpoint
     from agrnet.export import export_model
-    from agrnet.train import model_from_checkpoint
+    from agrnet.pretrained import PRETRAINED, load_pretrained
 
-    model, config = model_from_checkpoint(args.checkpoint)
+    model, config = load_pretrained(args.checkpoint) if args.checkpoint in PRETRAINED else model_from_checkpoint(
+        args.checkpoint
+    )
     report = export_model(model, args.out, config.data.canvas, config.data.spec().name, args.format)
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export to ONNX or TorchScript with a parity check")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("export", help="export to ONNX or TorchScript with a parity check (report on stdout)")
+    p.add_argument("checkpoint", help="a training checkpoint (.pt) or a shipped model's name (agrnet models)")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
@@ -265,15 +308,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
 
+    from agrnet.checkpoints import model_from_checkpoint
     from agrnet.data.datasets import load_image
     from agrnet.pretrained import load_pretrained
-    from agrnet.train import model_from_checkpoint
     from agrnet.viz import visualize
 
     checkpoint, images = _split_checkpoint(args.inputs)
     if len(images) != 1:
         raise ValueError("give one image (after an optional checkpoint)")
-    model, config = model_from_checkpoint(checkpoint) if checkpoint else load_pretrained()
+    if checkpoint and args.model:
+        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {args.model}, not both")
+    model, config = model_from_checkpoint(checkpoint) if checkpoint else load_pretrained(args.model)
     image = load_image(Path(images[0]), args.max_pixels)
     for path in visualize(model, config.data.spec(), image, config.data.canvas, args.out):
         print(path)
@@ -285,6 +330,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE",
                    help="optional checkpoint (default: the shipped model), then an aligned face image")  # fmt: skip
     p.add_argument("--out", required=True)
+    _add_model(p)
     _add_max_pixels(p)
     p.set_defaults(func=_cmd_visualize)
 
@@ -293,11 +339,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from agrnet.images import DEFAULT_MAX_PIXELS
     from agrnet.serve import Limits, make_server
 
-    if not args.max_upload_mb > 0:  # also refuses nan
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     limits = Limits(max_upload_bytes=max(1, round(args.max_upload_mb * 2**20)), max_pixels=max_pixels)
-    parser = _load_parser(args.checkpoint, args.device)
+    parser = _load_parser(args.checkpoint, args.device, args.model)
     server = make_server(parser, args.host, args.port, limits)
     host, port = server.server_address[:2]
     print(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
@@ -314,10 +358,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web demo: upload a photo, see the parsing overlay")
     p.add_argument("checkpoint", nargs="?", help="a training checkpoint (.pt) or exported .onnx (default: shipped)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_at_least(0, 65535), default=8000, help="0 picks a free port")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-upload-mb", type=float, default=16.0, help="larger uploads get 413 (default 16)")
-    p.add_argument("--max-pixels", type=int, help="pixel budget per image, checked before decoding (default 40e6)")
+    _add_model(p)
+    p.add_argument("--max-upload-mb", type=_positive_number, default=16.0, help="larger uploads get 413 (default 16)")
+    p.add_argument("--max-pixels", type=_at_least(1),
+                   help="pixel budget per image, checked before decoding (default 40e6)")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
 
@@ -342,6 +388,7 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
+    _add_models,
     _add_train_demo,
     _add_synth,
     _add_train,

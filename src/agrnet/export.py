@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +51,8 @@ def export_model(
     wrapper = LogitsOnly(model.eval().cpu()).eval()
     height, width = canvas_hw(size)
     example = torch.randn(2, 3, height, width)
-    with warnings.catch_warnings():
+    # The exporter prints its progress on stdout; it goes to stderr, so stdout carries only the report.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, tracer notes)
         if fmt == "onnx":
             torch.onnx.export(
@@ -78,8 +81,9 @@ def export_model(
         max_diff = max(max_diff, float(np.abs(got - reference).max()))
         agreement.append(float((got.argmax(1) == reference.argmax(1)).mean()))
     report = {
-        "format": fmt, "file": str(out), "size": height, "width": width, "dataset": dataset, "num_classes": model.num_classes,
-        "checked_batches": list(check_batches), "max_abs_diff": max_diff, "argmax_agreement": min(agreement),
+        "format": fmt, "file": str(out), "size": height, "width": width, "dataset": dataset,
+        "num_classes": model.num_classes, "checked_batches": list(check_batches), "max_abs_diff": max_diff,
+        "argmax_agreement": min(agreement),
     }  # fmt: skip
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(report, indent=2))
     return report

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 from pathlib import Path
 
 import cv2
@@ -25,8 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_SIDE = 32766  # OpenCV asserts on any side >= 32767 (SHRT_MAX)
 
-# What Pillow raises for corrupt or truncated data, depending on the format plugin.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+# What Pillow raises for corrupt, truncated or unsupported data depends on the format plugin (OSError,
+# SyntaxError, struct.error, NotImplementedError for a DDS variant it identifies but cannot decode, ...):
+# any exception from a decoder is that file's failure. MemoryError is not caught: it concerns the process.
+_DECODE_ERRORS = (Exception,)
 
 
 class ImageError(ValueError):
@@ -63,6 +64,8 @@ def _open(source: Path | bytes, label: str) -> Image.Image:
         raise ImageError(f"{label}: cannot read image ({reason}); remove or replace the file") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
+    except MemoryError:
+        raise
     except _DECODE_ERRORS as error:
         raise ImageError(f"{label}: cannot read image ({error}); remove or replace the file") from None
 
@@ -88,7 +91,9 @@ def check_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS, la
         raise ImageError(f"{label}: {width}×{height} image has no pixels; remove or replace the file")
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image of any mode -> (H, W, 3) uint8 RGB; 16- and 32-bit grey are scaled to 8 bits
+    (Pillow's own ``convert`` clips them, turning a 16-bit photo white)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit integer) grey: scale 0..65535 down to 0..255; 8-bit data stored wide stays as is.
         array = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
@@ -96,6 +101,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
             array = array * 255 // 65535
         image = Image.fromarray(array.astype(np.uint8))
     return np.asarray(image.convert("RGB"))
+
+
+def open_checked(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """``Image.open`` with the header's size checked against the pixel budget before any pixel is decoded
+    (for label maps, read as stored); errors are one-line ``ImageError``s. Close it (a ``with`` block)."""
+    source = Path(source) if isinstance(source, str) else source
+    label = _label(source, name)
+    image = _open(source, label)
+    try:
+        check_size(*image.size, max_pixels=max_pixels, label=label)
+    except ImageError:
+        image.close()
+        raise
+    return image
 
 
 def decode_image(
@@ -116,16 +135,17 @@ def decode_image(
         raise ValueError(f"max_side must be at least 1, got {max_side}")
     source = Path(source) if isinstance(source, str) else source
     label = _label(source, name)
-    with _open(source, label) as image:
-        check_size(*image.size, max_pixels=max_pixels, label=label)
+    with open_checked(source, max_pixels, label) as image:
         try:
             if max_side is not None:
                 image.draft(image.mode, _fit(image.size, max_side))  # no-op for formats other than JPEG
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
-            rgb = _to_rgb(image)
+            rgb = pil_to_rgb(image)
         except Image.DecompressionBombError as error:  # e.g. from a multi-frame plugin's load
             raise PixelBudgetError(f"{label}: {error}; downscale the image or raise the limit") from None
+        except MemoryError:
+            raise
         except _DECODE_ERRORS as error:
             raise ImageError(f"{label}: cannot read image ({error}); remove or replace the file") from None
     if max_side is not None and max(rgb.shape[:2]) > max_side:

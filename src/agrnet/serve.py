@@ -3,9 +3,11 @@
 Routes (the JSON API is described by ``GET /openapi.json``):
 
 - ``GET /`` the page; ``GET /healthz`` liveness and queue state;
-- ``POST /parse[?detect_faces=true]`` takes the raw image bytes and answers JSON
-  {"overlay": PNG data URL, "legend": [{name, color, fraction}], "size": [H, W]}; errors are
-  JSON {"error": one line} with a 4xx/5xx status, never a traceback or a dropped connection.
+- ``POST /parse[?detect_faces=true][&labels=png]`` takes the raw image bytes and answers JSON
+  {"overlay": PNG data URL, "legend": [{name, color, fraction}], "size": [H, W], "faces": [{box,
+  landmarks, score}] or null without detect_faces, "faces_skipped": int, "labels": index-PNG data URL
+  with labels=png}; errors are JSON {"error": one line} with a 4xx/5xx status, never a traceback or a
+  dropped connection.
 
 Limits, so that one hostile or careless client cannot hold the server (see ``Limits``):
 
@@ -22,7 +24,10 @@ Limits, so that one hostile or careless client cannot hold the server (see ``Lim
   anyway, so this costs no accuracy that matters and makes a 4000x4000 photo about as cheap as a
   small one;
 - decoding and inference run on ``workers`` threads off the event loop, with at most
-  ``queue_size`` more requests waiting; beyond that 503 with Retry-After.
+  ``queue_size`` more requests waiting; beyond that 503 with Retry-After;
+- a photo's faces go through the network a few at a time and at most the parser's ``max_faces``
+  (default 32, the largest) are parsed; the answer counts the rest in ``faces_skipped``, so one photo
+  tiled with hundreds of faces costs what 32 faces cost.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from agrnet import __version__
 from agrnet.data.classes import overlay
 from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, PixelBudgetError, check_size, decode_image, image_size
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser, Parsing
 
 log = logging.getLogger(__name__)
 
@@ -130,31 +135,52 @@ class DetectFacesUnsupported(RuntimeError):
     """The parser has no ``detect_faces`` option."""
 
 
-def parse_image(parser: FaceParser, data: bytes, limits: Limits, detect_faces: bool = False) -> bytes:
+def _png_data_url(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _parse(parser: Parser, rgb: np.ndarray, detect_faces: bool) -> Parsing:
+    if not detect_faces:
+        return parser.predict(rgb)
+    if parser.spec.subject != "face":
+        raise DetectFacesUnsupported(f"this model parses whole {parser.spec.subject}s; send it without detect_faces")
+    try:
+        return parser.predict(rgb, detect_faces=True)  # type: ignore[call-arg]
+    except TypeError as error:
+        if "detect_faces" not in str(error):
+            raise
+        raise DetectFacesUnsupported("this parser cannot detect faces (no detect_faces option)") from None
+
+
+def parse_image(
+    parser: Parser, data: bytes, limits: Limits, detect_faces: bool = False, label_png: bool = False
+) -> bytes:
     """Encoded image bytes -> the JSON answer of ``POST /parse`` (encoded here, off the event loop)."""
     rgb = decode_image(data, max_pixels=limits.max_pixels, name="upload", max_side=limits.working_side)
-    if detect_faces:
-        try:
-            labels = parser.predict(rgb, detect_faces=True).labels  # type: ignore[call-arg]
-        except TypeError as error:
-            if "detect_faces" not in str(error):
-                raise
-            raise DetectFacesUnsupported("this parser cannot detect faces (no detect_faces option)") from None
-    else:
-        labels = parser.predict(rgb).labels
-    buffer = io.BytesIO()
-    Image.fromarray(overlay(rgb, labels, parser.spec.palette)).save(buffer, format="PNG", compress_level=1)
+    result = _parse(parser, rgb, detect_faces)
+    labels = result.labels
     counts = np.bincount(labels.ravel(), minlength=parser.spec.num_classes)
     legend = [
         {"name": name, "color": "#" + bytes(parser.spec.palette[i]).hex(), "fraction": counts[i] / labels.size}
         for i, name in enumerate(parser.spec.class_names)
         if counts[i] > 0
     ]
+    faces = None if result.faces is None else [
+        {"box": [round(float(v), 2) for v in face.box], "landmarks": np.round(face.landmarks, 2).tolist(),
+         "score": round(float(face.score), 4)}
+        for face in result.faces
+    ]  # fmt: skip
     payload = {
-        "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+        "overlay": _png_data_url(overlay(rgb, labels, parser.spec.palette)),
         "legend": legend,
         "size": list(labels.shape),
+        "faces": faces,
+        "faces_skipped": result.faces_skipped,
     }
+    if label_png:
+        payload["labels"] = _png_data_url(labels)
     return json.dumps(payload).encode()
 
 
@@ -196,7 +222,7 @@ class InferenceQueue:
 
 @dataclass
 class _State:
-    parser: FaceParser
+    parser: Parser
     limits: Limits
     queue: InferenceQueue
     buffered: int = 0  # bytes of request bodies being read right now (event loop thread only)
@@ -252,18 +278,27 @@ def _flag(value: str | None) -> bool:
     raise _refuse(400, f"detect_faces must be true or false, got {value!r}")
 
 
+def _labels_option(value: str | None) -> bool:
+    if value is None or value == "":
+        return False
+    if value.lower() == "png":
+        return True
+    raise _refuse(400, f"labels must be png (the label map as an index PNG), got {value!r}")
+
+
 async def parse_endpoint(request: Request) -> Response:
     state: _State = request.app.state.serve
     if state.queue.full:
         raise _busy(state.limits)  # before reading the upload: shed load cheaply
     data = await _read_body(request, state)
     detect_faces = _flag(request.query_params.get("detect_faces"))
+    label_png = _labels_option(request.query_params.get("labels"))
     if not data:
         raise _refuse(400, "empty upload; send the image file as the request body")
     try:
         # Header only, on the event loop: a pixel bomb is refused before it takes a parsing slot.
         check_size(*image_size(data, name="upload"), max_pixels=state.limits.max_pixels, label="upload")
-        body = await state.queue.run(parse_image, state.parser, data, state.limits, detect_faces)
+        body = await state.queue.run(parse_image, state.parser, data, state.limits, detect_faces, label_png)
     except PixelBudgetError as error:
         raise _refuse(422, str(error)) from None
     except ImageError as error:
@@ -298,7 +333,7 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
 
 
-def make_app(parser: FaceParser, limits: Limits | None = None) -> Starlette:
+def make_app(parser: Parser, limits: Limits | None = None) -> Starlette:
     limits = limits or Limits()
     routes = [
         Route("/", page, methods=["GET"]),
@@ -342,6 +377,15 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
             "fraction": {"type": "number", "minimum": 0, "maximum": 1},
         },
     }
+    face = {
+        "type": "object",
+        "required": ["box", "landmarks", "score"],
+        "properties": {
+            "box": {"type": "array", "items": {"type": "number"}, "description": "x0, y0, x1, y1"},
+            "landmarks": {"type": "array", "description": "5 x [x, y]: eyes, nose, mouth corners"},
+            "score": {"type": "number"},
+        },
+    }
     parsing = {
         "type": "object",
         "required": ["overlay", "legend", "size"],
@@ -352,12 +396,23 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
                 "type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
                 "description": f"[H, W] parsed; photos are shrunk to a longer side of {limits.working_side}",
             },
+            "faces": {
+                "type": ["array", "null"], "items": face,
+                "description": "faces parsed with detect_faces (empty: none found), in parsed-size pixels; "
+                "null without detect_faces",
+            },
+            "faces_skipped": {"type": "integer", "minimum": 0,
+                              "description": "faces found beyond the parser's cap (the smallest), not parsed"},
+            "labels": {"type": "string", "description": "with labels=png: PNG data URL of the label map, "
+                       "one class index per pixel (size as 'size')"},
         },
     }  # fmt: skip
     parse = {
         "summary": "Parse one face photo",
         "parameters": [
-            {"name": "detect_faces", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}}
+            {"name": "detect_faces", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+            {"name": "labels", "in": "query", "required": False, "schema": {"enum": ["png"]},
+             "description": "also return the label map as an index PNG"},
         ],
         "requestBody": {
             "required": True,
@@ -532,7 +587,7 @@ class WebServer:
 
 
 def make_server(
-    parser: FaceParser, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None
+    parser: Parser, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None
 ) -> WebServer:
     """A ready server (not yet serving); port 0 picks a free port (see ``server.server_address``)."""
     limits = limits or Limits()

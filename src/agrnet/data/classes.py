@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -25,13 +26,15 @@ _PALETTE = np.array(
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """Classes of one dataset. ``flip_pairs`` are swapped when an image is mirrored."""
+    """Classes of one dataset. ``flip_pairs`` are swapped when an image is mirrored; ``subject`` says
+    what an image of the dataset shows: an aligned face or a whole person."""
 
     name: str
     class_names: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]
     # Classes left out of "mean F1" (the paper's F1 means exclude background).
     f1_excluded: tuple[int, ...] = (0,)
+    subject: Literal["face", "person"] = "face"
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +106,7 @@ LIP = LabelSpec(
         "right_shoe",
     ),  # fmt: skip
     ((14, 15), (16, 17), (18, 19)),
+    subject="person",
 )
 
 # Clothing Co-Parsing's 59 tags grouped into 17 classes named after LIP's (../shared/data/README.md).
@@ -114,6 +118,7 @@ CCP = LabelSpec(
         "pants", "jumpsuits", "scarf", "skirt", "skin", "shoes", "bag", "accessories",
     ),
     (),
+    subject="person",
 )  # fmt: skip
 
 LABEL_SPECS: dict[str, LabelSpec] = {s.name: s for s in (LAPA, HELEN, SYNTHETIC, CELEBAMASK_HQ, LIP, CCP)}

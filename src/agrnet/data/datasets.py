@@ -14,12 +14,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from agrnet.data.classes import HELEN, LABEL_SPECS, LabelSpec
 from agrnet.data.transforms import IGNORE_INDEX, Augmentation, Canvas, to_tensor, warp_pair
 from agrnet.edges import label_edges
-from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, open_checked
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Split = Literal["train", "val", "test"]
@@ -54,16 +54,23 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def _load_gray(path: Path) -> np.ndarray:
+    """A label map as stored, under the same header-checked pixel budget as photos."""
     try:
-        with Image.open(path) as image:
-            if image.mode not in ("L", "P", "1", "I", "I;16"):
-                raise DatasetError(
-                    f"{path}: label maps must be single-channel index PNGs, got mode {image.mode} "
-                    "(an RGB colour map? convert it to class indices first)"
-                )
+        image = open_checked(path, DEFAULT_MAX_PIXELS)
+    except ImageError as error:
+        raise DatasetError(str(error)) from None
+    with image:
+        if image.mode not in ("L", "P", "1", "I", "I;16"):
+            raise DatasetError(
+                f"{path}: label maps must be single-channel index PNGs, got mode {image.mode} "
+                "(an RGB colour map? convert it to class indices first)"
+            )
+        try:
             return np.asarray(image).astype(np.uint8 if image.mode in ("L", "P", "1") else np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DatasetError(f"{path}: cannot read label map ({error})") from None
+        except MemoryError:
+            raise
+        except Exception as error:  # the decoder runs in np.asarray; any plugin failure is this file's
+            raise DatasetError(f"{path}: cannot read label map ({error})") from None
 
 
 def load_labels(sample: Sample, num_classes: int) -> np.ndarray:
@@ -173,12 +180,26 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+class MissingLabelsError(DatasetError):
+    """Images without a label map; ``paired`` holds the samples that have one, so a check can go on."""
+
+    def __init__(self, message: str, missing: list[Path], paired: list[Sample]) -> None:
+        super().__init__(message)
+        self.missing, self.paired = missing, paired
+
+
 def _pair_by_stem(images: list[Path], label_dir: Path, where: str) -> list[Sample]:
-    labels = {p.stem: p for p in label_dir.glob("*.png")}
-    missing = [p.name for p in images if p.stem not in labels]
+    # Suffixes in any case: cameras and some tools write ".PNG".
+    labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
+    missing = [p for p in images if p.stem not in labels]
+    paired = [Sample(p, (labels[p.stem],)) for p in images if p.stem in labels]
     if missing:
-        raise DatasetError(f"{label_dir}: no label PNG for {len(missing)} image(s) of {where}, e.g. {missing[:3]}")
-    return [Sample(p, (labels[p.stem],)) for p in images]
+        raise MissingLabelsError(
+            f"{label_dir}: no label PNG for {len(missing)} image(s) of {where}, e.g. {[p.name for p in missing[:3]]}",
+            missing,
+            paired,
+        )
+    return paired
 
 
 def folder_samples(root: Path, split: Split, dataset: str = "image folder") -> list[Sample]:
@@ -314,10 +335,16 @@ def check_dataset(
     """
     from tqdm import tqdm
 
+    spec = label_spec(kind, classes)  # a usage error, before any reading
     problems = []
     for split in splits:
         try:
             dataset = open_split(kind, root, split, size=32, classes=classes)
+        except MissingLabelsError as error:
+            problems += [f"[{split}] {image}: no label map {image.stem}.png" for image in error.missing]
+            if not error.paired:
+                continue
+            dataset = ParsingDataset(error.paired, spec, 32)
         except DatasetError as error:
             problems.append(f"[{split}] {error}")
             continue
