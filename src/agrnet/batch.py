@@ -46,6 +46,7 @@ RESULTS = "results.parquet"
 DONE = ("ok", "no_face")
 MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 Rows = list[dict[str, Any]]
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f]")  # no path holds these (tab allowed)
 
 
 def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
@@ -172,7 +173,7 @@ def _manifest_lines(path: str) -> list[tuple[str, str | None]]:
         line = raw.rstrip(b"\r").decode("utf-8", "surrogateescape")  # Latin-1 file names are valid paths
         if not line.strip() or line.startswith("#"):
             continue
-        if any(ord(c) < 32 and c != "\t" for c in line):
+        if _CONTROL.search(line):
             entries.append((f"{path}:{number}", f"{printable(path)} line {number}: unreadable (control characters)"))
         else:
             entries.append((line, None))
