@@ -251,22 +251,64 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from agrnet.predict import predict_paths
+    try:
+        return _predict(args)
+    except KeyboardInterrupt:  # during listing or model loading; the runs themselves report what they did
+        print("agrnet predict: interrupted before any photo was parsed", file=sys.stderr)
+        return 130
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import functools
+    import os
+
+    from agrnet.batch import RayOptions, list_tasks, parse_shard, predict_tree
+    from agrnet.outputs import prepare_out_dir
+    from agrnet.predict import OUTPUT_KINDS, Settings, check_model_file, model_identity, predict_paths
 
     checkpoint, inputs = _split_checkpoint(args.inputs)
-    if not inputs:
-        raise ValueError("give at least one image, directory or video after the checkpoint")
-    parser = _load_parser(checkpoint, args.device)
-    report = predict_paths(
-        parser, inputs, args.out, detect_faces=args.detect_faces, flip=args.flip, max_pixels=args.max_pixels
-    )
+    if not inputs and args.manifest is None:
+        raise ValueError("give at least one image, directory or video after the checkpoint, or --manifest FILE")
+    outputs = tuple(dict.fromkeys(args.outputs.split(",")))
+    if not set(outputs) <= set(OUTPUT_KINDS):
+        raise ValueError(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}, got {args.outputs!r}")
+    shard = parse_shard(args.shard)
+    scale = args.recursive or args.manifest is not None or shard[1] > 1 or args.engine == "ray"
+    if args.layout == "flat" and scale:
+        raise ValueError("--recursive, --manifest, --shard and --engine ray write the tree layout; drop --layout flat")
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError("--engine ray needs Ray: pip install 'agrnet[ray]'") from None
+    if checkpoint is not None:
+        check_model_file(checkpoint)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (scale or args.layout == "tree"):
+        parser = _load_parser(checkpoint, args.device)
+        report = predict_paths(parser, inputs, args.out, args.detect_faces, args.flip, args.max_pixels, outputs,
+                               args.batch_size)  # fmt: skip
+        print(report.summary())
+        return 130 if report.interrupted else 1 if report.failures else 0
+    out = prepare_out_dir(args.out)
+    tasks = list_tasks(inputs, str(out), args.recursive, args.manifest, args.manifest_column)
+    make_parser = functools.partial(_load_parser, checkpoint, args.device)
+    parser = make_parser()  # a model that does not load is a usage error before any work
+    settings = Settings(str(out), outputs, args.detect_faces, args.flip, args.max_pixels, *model_identity(checkpoint))
+    options = None
+    if args.engine == "ray":
+        options = RayOptions(args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    if "RANK" in os.environ and args.shard is None and shard[1] > 1:
+        print(f"note: shard {shard[0]}/{shard[1]} from RANK/WORLD_SIZE")
+    report = predict_tree(make_parser if options else lambda: parser, tasks, settings, shard, args.batch_size, options)
     print(report.summary())
-    return 1 if report.failures else 0
+    return 130 if report.interrupted else 1 if report.counts["failed"] else 0
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="parse images, directories and videos; writes labels, masks, overlays")
-    p.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] INPUT",
+    p.add_argument("inputs", nargs="*", metavar="[CHECKPOINT] INPUT",
                    help="optional checkpoint (.pt) or exported .onnx (default: the shipped model), then image "
                    "files, directories or videos")  # fmt: skip
     p.add_argument("--out", required=True)
@@ -275,6 +317,25 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
     _add_max_pixels(p)
+    p.add_argument("--outputs", default=",".join(("labels", "mask", "overlay")),
+                   help="comma-separated: labels (index PNG), mask (colours), overlay (default: all three)")
+    p.add_argument("--batch-size", type=_at_least(1), default=8, help="photos per network call (default 8)")
+    p.add_argument("--threads", type=_at_least(1), help="torch threads of this process (default: torch's choice)")
+    scale = p.add_argument_group("at scale (tree layout: outputs mirror the inputs' paths; results.parquet; resume)")
+    scale.add_argument("--recursive", action="store_true", help="take the image and video files of subfolders too")
+    scale.add_argument("--manifest", metavar="FILE",
+                       help="inputs listed in FILE: one path per line, or a column of a .csv or .parquet file")
+    scale.add_argument("--manifest-column", metavar="NAME", help="path column of a CSV/Parquet manifest (default path)")
+    scale.add_argument("--layout", choices=["flat", "tree"],
+                       help="flat: outputs side by side, no table (default for plain files and folders); tree: above")
+    scale.add_argument("--shard", metavar="R/N",
+                       help="parse input i only if i mod N == R (default: RANK/WORLD_SIZE when set, as torchrun does)")
+    scale.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: Ray Data with a pool of parser actors (pip install 'agrnet[ray]')")
+    scale.add_argument("--address", help="Ray cluster address (default: a local Ray on this machine)")
+    scale.add_argument("--workers", type=_at_least(1), default=1, help="Ray parser actors (default 1)")
+    scale.add_argument("--cpus-per-worker", type=_at_least(1), default=1, help="CPUs (and torch threads) per actor")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor, e.g. 1 or 0.5 (default 0)")
     p.set_defaults(func=_cmd_predict)
 
 
