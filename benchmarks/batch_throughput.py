@@ -1,7 +1,7 @@
 """Question: how close to the model's own speed does agrnet predict run, in each engine?
 
 The same photos (default 200 of ../shared/data/celebamask-mini/test/images, the shipped model,
-``--detect-faces``) through: the model alone (``FaceParser.predict`` on decoded arrays, 1 torch
+``--detect-faces``) through: the model alone (``Parser.predict`` on decoded arrays, 1 torch
 thread), one ``agrnet predict`` process (``--threads 1``), ``--engine ray`` with 1 and 2 actors
 (1 CPU and 1 torch thread each) and 2 ``--shard`` processes side by side. Each run is a fresh CLI
 process into a fresh folder; images per second count the whole command, and for Ray also after
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from agrnet.data.datasets import load_image
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from common import RESULTS, result_name, table, write_result
 
 PHOTOS = Path(__file__).parents[2] / "shared" / "data" / "celebamask-mini" / "test" / "images"
@@ -30,7 +30,7 @@ PHOTOS = Path(__file__).parents[2] / "shared" / "data" / "celebamask-mini" / "te
 
 def _model_only(photos: list[Path], detect_faces: bool) -> float:
     torch.set_num_threads(1)
-    parser = FaceParser.from_pretrained(device="cpu")
+    parser = Parser.from_pretrained(device="cpu")
     images = [load_image(photo) for photo in photos]
     parser.predict(images[0], detect_faces=detect_faces)  # warm-up
     start = time.perf_counter()

@@ -369,7 +369,8 @@ def test_a_torchscript_file_is_refused_with_what_predict_takes(tmp_path: Path, c
     _photo(tmp_path / "face.png")
     assert main(["predict", str(tmp_path / "ts.pt"), str(tmp_path / "face.png"), "--out", str(tmp_path / "o")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert "ts.pt is a TorchScript file" in line and "weights_only" not in line and "complete" not in line
+    assert "ts.pt: not an agrnet checkpoint: the file looks like a TorchScript file" in line
+    assert "weights_only" not in line and "complete" not in line
 
 
 def test_merging_keeps_the_latest_row_per_photo_and_skips_a_torn_line(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import TINY_TRAINING, tiny_train_config
 from PIL import Image
 
 from agrnet.checkpoints import load_checkpoint
@@ -64,7 +64,7 @@ def test_overwrite_replaces_the_run_without_mixing_logs(data_root: Path, tmp_pat
 
 def test_resume_without_a_last_checkpoint_is_refused(data_root: Path, tmp_path: Path, capsys) -> None:
     typo = tmp_path / "runz"
-    args = ["train", "--config", "synthetic", f"data.root={data_root}", f"out_dir={typo}", "--resume"]
+    args = ["train", "--resume", "--config", "synthetic", f"data.root={data_root}", f"out_dir={typo}"]
     assert main(args) == 2
     (line,) = _errors(capsys.readouterr().err, "train")
     assert f"--resume: {typo} holds no last.pt" in line
@@ -72,8 +72,8 @@ def test_resume_without_a_last_checkpoint_is_refused(data_root: Path, tmp_path: 
 
 
 def test_resume_with_another_optimizer_is_one_line(data_root: Path, finished_run: Path, capsys) -> None:
-    args = ["train", "--config", "synthetic", f"data.root={data_root}", f"out_dir={finished_run}", "--resume",
-            "optim.name=sgd", "iterations=6"]  # fmt: skip
+    args = ["train", "--resume", "--config", "synthetic", f"data.root={data_root}", f"out_dir={finished_run}",
+            *TINY_TRAINING, "optim.name=sgd", "iterations=6"]  # fmt: skip
     assert main(args) == 2
     (line,) = _errors(capsys.readouterr().err, "train")
     assert "trained with optim.name=adamw" in line and "resume with optim.name=adamw" in line
@@ -90,8 +90,8 @@ def test_resume_applies_a_new_learning_rate(data_root: Path, finished_run: Path,
     assert state["config"]["optim"]["lr"] == 0.1
     rows = [line.split(",") for line in (out / "log.csv").read_text().splitlines()[1:]]
     lrs = {int(row[0]): float(row[2]) for row in rows}
-    # Iteration 5 steps with lr 0.1 * (1 - 4/6); the log records the rate of the step it logs.
-    assert lrs[5] == pytest.approx(0.1 * (1 - 4 / 6), rel=1e-3), lrs
+    # The log's rate at iteration k is the one after k steps: 0.1 * (1 - k/6), not 0.001's schedule.
+    assert lrs[5] == pytest.approx(0.1 * (1 - 5 / 6), rel=1e-3), lrs
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == 0.1
 
 
@@ -268,7 +268,7 @@ def test_sixteen_bit_and_sideways_pil_images_match_their_files(face_parser: Pars
 
     sideways = Image.fromarray(np.ascontiguousarray(np.rot90(data.astronaut())))
     exif = Image.Exif()
-    exif[0x0112] = 8  # "rotate 90 CW to display": the stored pixels are turned
+    exif[0x0112] = 6  # "rotate 90 CW to display": the stored pixels are turned a quarter anticlockwise
     sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
     pil = face_parser.predict(Image.open(tmp_path / "phone.jpg"), detect_faces=True)
     path = face_parser.predict(tmp_path / "phone.jpg", detect_faces=True)

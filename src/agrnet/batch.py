@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agrnet.data.datasets import IMAGE_SUFFIXES
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from agrnet.predict import (
     OUTPUT_ENDINGS,
     VIDEO_SUFFIXES,
@@ -347,7 +347,7 @@ def _digest(keys: Sequence[str]) -> str:
     return hashlib.sha1("\0".join(keys).encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
-def run_batch(parser: FaceParser, tasks: Sequence[Task], settings: Settings, attempts: Path) -> Rows:
+def run_batch(parser: Parser, tasks: Sequence[Task], settings: Settings, attempts: Path) -> Rows:
     """``parse_batch`` behind a marker file that only a dead worker leaves behind. A batch found marked
     is parsed one photo at a time, each behind its own marker: a photo whose worker died while parsing
     it is failed (and not retried) instead of killing every worker that takes it."""
@@ -388,7 +388,7 @@ class RayOptions:
 class RayParser:
     """A Ray Data actor: loads the model once, then parses batches of tasks (a pyarrow table)."""
 
-    def __init__(self, make_parser: Callable[[], FaceParser], settings: Settings, attempts: str, threads: int) -> None:
+    def __init__(self, make_parser: Callable[[], Parser], settings: Settings, attempts: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -404,7 +404,7 @@ class RayParser:
 
 
 def _run_ray(
-    make_parser: Callable[[], FaceParser], tasks: list[Task], settings: Settings, attempts: Path,
+    make_parser: Callable[[], Parser], tasks: list[Task], settings: Settings, attempts: Path,
     batch_size: int, options: RayOptions, on_rows: Callable[[Rows], None],
 ) -> None:  # fmt: skip
     import pyarrow as pa
@@ -482,7 +482,7 @@ class BatchReport:
 
 
 def predict_tree(
-    make_parser: Callable[[], FaceParser],
+    make_parser: Callable[[], Parser],
     tasks: list[Task],
     settings: Settings,
     shard: tuple[int, int] = (0, 1),

@@ -7,6 +7,7 @@ import contextlib
 import os
 import pickle
 import shutil
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ def _looks_like(path: Path) -> str | None:
     may be one (torch's zip or pickle formats). Without this, torch reports a YAML file as pickled code."""
     with open(path, "rb") as f:
         head = f.read(512)
+    if head.startswith(b"PK") and _is_torchscript(path):
+        return (
+            "a TorchScript file (agrnet export --format torchscript), for deployment with torch.jit.load; agrnet "
+            "takes a training checkpoint (.pt), an exported .onnx (predict, serve) or a shipped model's name"
+        )
     for magic, kind in _MAGIC.items():
         if head.startswith(magic):
             return kind
@@ -93,6 +99,15 @@ def _looks_like(path: Path) -> str | None:
     if head and all(byte >= 9 for byte in head):  # no control bytes: text, which torch never writes
         return "a text file (a YAML config? train takes it with --config)"
     return None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save writes a zip with the model's code; torch.save's zip has none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AGRNet, TrainConfig]:

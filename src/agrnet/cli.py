@@ -183,6 +183,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = run_photo_demo(args.out)
     for name, photo in summary["photos"].items():
         print(f"{name}: {len(photo['faces'])} face(s), {photo['seconds']:.2f} s -> {args.out}/{name}_overlay.png")
+    person = summary["person"]
+    print(f"astronaut through the human parser: {person['seconds']:.2f} s -> {args.out}/person_astronaut_overlay.png")
     print(f"wrote {args.out}/summary.json")
     return 0
 
@@ -264,7 +266,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from agrnet.batch import RayOptions, list_tasks, parse_shard, predict_tree
     from agrnet.outputs import prepare_out_dir
-    from agrnet.predict import OUTPUT_KINDS, Settings, check_model_file, model_identity, predict_paths
+    from agrnet.predict import OUTPUT_KINDS, Settings, model_identity, predict_paths
 
     checkpoint, inputs = _split_checkpoint(args.inputs)
     if not inputs and args.manifest is None:
@@ -281,21 +283,22 @@ def _predict(args: argparse.Namespace) -> int:
             import ray  # noqa: F401
         except ImportError:
             raise ValueError("--engine ray needs Ray: pip install 'agrnet[ray]'") from None
-    if checkpoint is not None:
-        check_model_file(checkpoint)
+    if checkpoint is not None and args.model is not None:
+        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {args.model}, not both")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (scale or args.layout == "tree"):
-        parser = _load_parser(checkpoint, args.device)
+        parser = _load_parser(checkpoint, args.device, args.model)
         report = predict_paths(parser, inputs, args.out, args.detect_faces, args.flip, args.max_pixels, outputs,
                                args.batch_size)  # fmt: skip
         print(report.summary())
         return 130 if report.interrupted else 1 if report.failures else 0
     out = prepare_out_dir(args.out)
     tasks = list_tasks(inputs, str(out), args.recursive, args.manifest, args.manifest_column)
-    make_parser = functools.partial(_load_parser, checkpoint, args.device)
+    make_parser = functools.partial(_load_parser, checkpoint, args.device, args.model)
     parser = make_parser()  # a model that does not load is a usage error before any work
-    settings = Settings(str(out), outputs, args.detect_faces, args.flip, args.max_pixels, *model_identity(checkpoint))
+    identity = model_identity(checkpoint, args.model)
+    settings = Settings(str(out), outputs, args.detect_faces, args.flip, args.max_pixels, *identity)
     options = None
     if args.engine == "ray":
         options = RayOptions(args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
@@ -316,6 +319,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
+    _add_model(p)
     _add_max_pixels(p)
     p.add_argument("--outputs", default=",".join(("labels", "mask", "overlay")),
                    help="comma-separated: labels (index PNG), mask (colours), overlay (default: all three)")

@@ -9,7 +9,6 @@ import shutil
 import struct
 import tempfile
 import time
-import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from agrnet import __version__
 from agrnet.data.classes import colorize, overlay
 from agrnet.data.datasets import IMAGE_SUFFIXES, DatasetError, load_image
 from agrnet.images import DEFAULT_MAX_PIXELS, check_size
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from agrnet.outputs import prepare_out_dir
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -146,22 +145,6 @@ def output_names(files: list[Path]) -> tuple[dict[Path, str], list[str]]:
     return names, notes
 
 
-def check_model_file(path: str) -> None:
-    """Refuse a TorchScript file (``agrnet export --format torchscript``) with what predict takes
-    instead; torch's own error for it suggests an unsafe load."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return  # not a zip: the checkpoint loader says what it is
-    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
-        raise ValueError(
-            f"{printable(path)} is a TorchScript file (agrnet export --format torchscript), for deployment with "
-            "torch.jit.load; predict takes a training checkpoint (.pt), an exported .onnx, or no model file "
-            "(the shipped model)"
-        )
-
-
 def _why_unwritable(path: Path) -> str:
     """Name the likely cause of a write that failed without a clear error."""
     if len(os.fsencode(path.name)) > 255:  # checked first: asking the file system about it fails too
@@ -261,7 +244,7 @@ def _faces(faces: list | None) -> list[dict[str, Any]] | None:
     ]  # fmt: skip
 
 
-def parse_batch(parser: FaceParser, tasks: Sequence[Task], settings: Settings) -> list[dict[str, Any]]:
+def parse_batch(parser: Parser, tasks: Sequence[Task], settings: Settings) -> list[dict[str, Any]]:
     """The work of every engine: decode, parse and write each task; one row per task, in order.
 
     Any failure of one input (listing problem, decode, parse, write) is that input's row with status
@@ -292,7 +275,7 @@ def parse_batch(parser: FaceParser, tasks: Sequence[Task], settings: Settings) -
     return [row for row in rows if row is not None]
 
 
-def _parse_photos(parser: FaceParser, images: list[np.ndarray], settings: Settings) -> list[Any]:
+def _parse_photos(parser: Parser, images: list[np.ndarray], settings: Settings) -> list[Any]:
     """Parsings (or the exception of that photo), one per image; a batch that fails is parsed again one
     by one so that only the photo at fault fails."""
     start = time.perf_counter()
@@ -319,7 +302,7 @@ def _parse_photos(parser: FaceParser, images: list[np.ndarray], settings: Settin
 
 
 def _photoresult_row(
-    parser: FaceParser, task: Task, settings: Settings, image: np.ndarray, outcome: Any, seconds: float
+    parser: Parser, task: Task, settings: Settings, image: np.ndarray, outcome: Any, seconds: float
 ) -> dict[str, Any]:
     result, parse_seconds = outcome
     start = time.perf_counter()
@@ -335,14 +318,16 @@ def _photoresult_row(
     except Exception as error:
         return result_row(task, settings, "failed", reason=_reason(error), outputs=outputs, **size)
     no_face = settings.detect_faces and not result.faces
+    skipped = result.faces_skipped
+    note = f"{printable(task.source)}: {skipped} more face(s) found, beyond max_faces, not parsed" if skipped else None
     return result_row(
-        task, settings, "no_face" if no_face else "ok", **size,
+        task, settings, "no_face" if no_face else "ok", **size, note=note,
         faces=_faces(result.faces), outputs=outputs, seconds=seconds + parse_seconds + time.perf_counter() - start,
         pixels=np.bincount(labels.ravel(), minlength=parser.spec.num_classes).tolist(),
     )  # fmt: skip
 
 
-def _videoresult_row(parser: FaceParser, task: Task, settings: Settings) -> dict[str, Any]:
+def _videoresult_row(parser: Parser, task: Task, settings: Settings) -> dict[str, Any]:
     """Parse every frame of a video into an overlay video ``KEY_overlay.mp4``."""
     start = time.perf_counter()
     target = Path(settings.out, f"{task.key}_overlay.mp4")
@@ -368,7 +353,7 @@ def _videoresult_row(parser: FaceParser, task: Task, settings: Settings) -> dict
 
 
 def _parse_video(
-    parser: FaceParser, task: Task, settings: Settings, source: Path, encoded: Path
+    parser: Parser, task: Task, settings: Settings, source: Path, encoded: Path
 ) -> tuple[tuple[int, int], int, np.ndarray]:
     """Frames of ``source`` -> tagged overlay video at ``encoded``; (width, height), frames, pixels per class."""
     name = printable(task.source)
@@ -423,19 +408,19 @@ def _check_frame(size: tuple[int, int], max_pixels: int, name: str) -> None:
         )
 
 
-def model_identity(checkpoint: str | None) -> tuple[str, str]:
-    """(model, model_version) for the results table: the file name (or the shipped model's) and
-    agrnet's version with the first 12 hex digits of the file's sha256."""
+def model_identity(checkpoint: str | None, shipped: str | None = None) -> tuple[str, str]:
+    """(model, model_version) for the results table: the file name (or the shipped model's, default
+    the face parser) and agrnet's version with the first 12 hex digits of the file's sha256."""
     from agrnet.pretrained import DEFAULT_PRETRAINED, PRETRAINED, sha256_of
 
     if checkpoint is None:
-        digest = PRETRAINED[DEFAULT_PRETRAINED].sha256
-        return f"shipped:{DEFAULT_PRETRAINED}", f"agrnet {__version__}, sha256 {digest[:12]}"
+        name = shipped or DEFAULT_PRETRAINED
+        return f"shipped:{name}", f"agrnet {__version__}, sha256 {PRETRAINED[name].sha256[:12]}"
     return printable(os.path.basename(checkpoint)), f"agrnet {__version__}, sha256 {sha256_of(Path(checkpoint))[:12]}"
 
 
 def predict_paths(
-    parser: FaceParser,
+    parser: Parser,
     inputs: list[str],
     out: str | Path,
     detect_faces: bool = False,

@@ -43,6 +43,7 @@ PRETRAINED: dict[str, ShippedModel] = {
     ),
 }
 DEFAULT_PRETRAINED = "agrnet_mbv2_celebamask"
+HUMAN_PARSER = "agrnet_mbv2_ccp"
 
 
 def sha256_of(path: Path) -> str:
