@@ -3,8 +3,10 @@
 Side by side, in interleaved rounds of one run: the shipped model (``FaceParser.from_pretrained()``,
 its 256 px canvas) and the same architecture at a 512 canvas, against the ResNet-18 AGRNet default
 (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
-512x512; and the shipped model on a ~1-megapixel photo with one face through face detection,
-alignment and paste-back. Writes benchmarks/results/parse_speed[_quick]_cpu.json.
+512x512; the shipped model on a ~1-megapixel photo with one face through face detection, alignment and
+paste-back, with its wide second view (the default ``face_zoom``) and without (``face_zoom=1``); and the
+shipped human parser on a 550 x 830 street photo (a person standing), whole. Writes
+benchmarks/results/parse_speed[_quick]_cpu.json.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from skimage import data
 from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.inference import FaceParser
-from agrnet.pretrained import load_pretrained
+from agrnet.pretrained import HUMAN_PARSER, load_pretrained
 from common import result_name, table, write_result
 
 
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     shipped = FaceParser.from_pretrained(device="cpu")
+    one_view = FaceParser.from_pretrained(device="cpu")
+    one_view.face_zoom = 1.0
+    human = FaceParser.from_pretrained(HUMAN_PARSER, device="cpu")
+    person = cv2.resize(data.astronaut(), (550, 830))  # the size of a CCP photo (speed only)
     model, config = load_pretrained()
     shipped_512 = FaceParser(config.data.spec(), 512, model=model.eval())
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
@@ -38,6 +44,8 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
         "shipped architecture, 512 canvas": (lambda: shipped_512.predict(face), "512x512 face"),
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
+        "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
+        "human parser (384x256 canvas)": (lambda: human.predict(person), "550x830 photo"),
     }
 
 
