@@ -67,8 +67,9 @@ def main() -> None:
     args.add_argument("--zooms", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0],
                       help="Parser.face_zoom values (1: the training framing alone)")
     args.add_argument("--seed", type=int, default=0)
+    args.add_argument("--threads", type=int, default=2)
     opts = args.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(opts.threads)
     parser = Parser.from_pretrained(device="cpu")
     dataset = open_split("folder", opts.data, opts.split, 32, classes="celebamask_hq")
     dataset.samples = dataset.samples[: opts.limit]

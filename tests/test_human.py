@@ -36,9 +36,11 @@ def _centre_row(labels: np.ndarray, classes: list[int]) -> float:
 
 
 def test_the_astronaut_has_hair_above_skin_above_upper_clothes(human: Parser) -> None:
+    """Upper clothes: any garment on the torso (CCP's upper_clothes, coat or dress; the space suit is a one-piece
+    garment, which the parser calls a dress)."""
     names = human.class_names
     labels = human.predict(data.astronaut()).labels
-    upper = [names.index(n) for n in ("upper_clothes", "coat")]
+    upper = [names.index(n) for n in ("upper_clothes", "coat", "dress")]
     assert _centre_row(labels, [names.index("hair")]) < _centre_row(labels, [names.index("skin")])
     assert _centre_row(labels, [names.index("skin")]) < _centre_row(labels, upper)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -71,7 +72,9 @@ def test_astronaut_photo_parses_plausibly(parser: FaceParser) -> None:
     assert result.probabilities is not None and result.probabilities.shape == (19, *photo.shape[:2])
     labels = result.labels
     x0, y0, x1, y1 = result.faces[0].box.astype(int)
-    assert (labels[:, : max(0, x0 - 60)] == 0).all(), "far left of the face is background"
+    # The wide crop reaches the suit's collar ring, about 70 px left of the face box; the flag beyond is background.
+    assert (labels[:, : max(0, x0 - 90)] == 0).all(), "far left of the face is background"
+    assert (labels[y1 : y1 + 40, x0:x1] == parser.class_names.index("cloth")).mean() > 0.3, "the collar under the chin"
     names = parser.class_names
     counts = {name: int((labels == i).sum()) for i, name in enumerate(names)}
     face_classes = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "u_lip", "l_lip", "mouth")
@@ -99,3 +102,31 @@ def test_photo_demo_finds_every_face_and_writes_its_files(parser: FaceParser, tm
     for photo in summary["photos"].values():
         assert all((tmp_path / file).is_file() for file in photo["files"])
         assert photo["pixels_per_class"]["skin"] > 1000
+
+
+def test_faces_at_the_edge_larger_than_the_photo_or_thirty_small_ones(parser: FaceParser) -> None:
+    """Full-size maps and every face pasted where it is, wherever the faces are."""
+    photo = data.astronaut()
+    at_edge = photo[:, 140:]  # the face's left side cut by the photo's edge
+    too_big = cv2.resize(photo[60:260, 110:330], (180, 160))  # the face larger than the photo's framing
+    tile = cv2.resize(photo[20:260, 100:340], (64, 64), interpolation=cv2.INTER_AREA)
+    thirty = np.tile(tile, (5, 6, 1))
+    for image in (at_edge, too_big, thirty):
+        result = parser.predict(image, detect_faces=True)
+        assert result.labels.shape == image.shape[:2] and result.faces_skipped == 0
+        for face in result.faces or []:
+            x, y = face.landmarks[2].round().astype(int)  # the nose of each face found
+            assert result.labels[y, x] != 0, f"face at {face.box} not pasted"
+    assert len(parser.predict(at_edge, detect_faces=True).faces or []) == 1
+    assert len(parser.predict(thirty, detect_faces=True).faces or []) >= 25
+
+
+def test_the_face_cap_keeps_the_largest_and_counts_the_rest() -> None:
+    capped = FaceParser.from_pretrained(device="cpu")
+    capped.max_faces = 1
+    photo = data.astronaut()
+    pair = np.zeros((512, 768, 3), np.uint8)
+    pair[:, :512], pair[128:384, 512:] = photo, cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    result = capped.predict(pair, detect_faces=True)
+    assert result.faces is not None and len(result.faces) == 1 and result.faces_skipped == 1
+    assert result.faces[0].box[2] < 512, "the larger face (the full-size one, on the left) is the one parsed"
