@@ -205,7 +205,7 @@ def test_serve_arguments_are_checked_before_the_model_loads(args: list[str], mes
 def test_an_unknown_model_name_is_one_line_listing_the_known(capsys) -> None:
     assert main(["serve", "--model", "nope"]) == 2
     (line,) = _errors(capsys.readouterr().err, "serve")
-    assert "unknown pretrained model 'nope'; choose one of ['agrnet_mbv2_celebamask'" in line
+    assert "unknown pretrained model 'nope'; choose one of ['agrnet_mbv2_ccp', 'agrnet_mbv2_celebamask']" in line
 
 
 @pytest.fixture(scope="module")

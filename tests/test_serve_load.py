@@ -171,7 +171,9 @@ def test_openapi_schema_matches_the_api(address: tuple[str, int]) -> None:
     assert parse["parameters"][0]["name"] == "detect_faces"
     answer = httpx.post(base + "/parse", content=SMALL, timeout=30).json()
     parsing = schema["components"]["schemas"]["Parsing"]
-    assert set(answer) == set(parsing["properties"]) == set(parsing["required"])
+    assert set(answer) == set(parsing["required"]) == set(parsing["properties"]) - {"labels"}
+    with_labels = httpx.post(base + "/parse?labels=png", content=SMALL, timeout=30).json()
+    assert set(with_labels) == set(parsing["properties"])
     assert answer["size"] == [64, 48]
     entry = parsing["properties"]["legend"]["items"]
     assert all(set(item) == set(entry["required"]) for item in answer["legend"])

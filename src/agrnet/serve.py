@@ -388,7 +388,7 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
     }
     parsing = {
         "type": "object",
-        "required": ["overlay", "legend", "size"],
+        "required": ["overlay", "legend", "size", "faces", "faces_skipped"],
         "properties": {
             "overlay": {"type": "string", "description": "PNG data URL of the photo with the parsing blended in"},
             "legend": {"type": "array", "items": legend_entry, "description": "classes present, in class order"},
