@@ -1,6 +1,6 @@
 """Question: how long does parsing one photo take on the CPU (fp32, batch 1), end to end?
 
-Side by side, in interleaved rounds of one run: the shipped model (``FaceParser.from_pretrained()``,
+Side by side, in interleaved rounds of one run: the shipped model (``Parser.from_pretrained()``,
 its 256 px canvas) and the same architecture at a 512 canvas, against the ResNet-18 AGRNet default
 (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
 512x512; the shipped model on a ~1-megapixel photo with one face through face detection, alignment and
@@ -22,21 +22,21 @@ from skimage import data
 
 from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.classes import CELEBAMASK_HQ
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from agrnet.pretrained import HUMAN_PARSER, load_pretrained
 from common import result_name, table, write_result
 
 
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
-    shipped = FaceParser.from_pretrained(device="cpu")
-    one_view = FaceParser.from_pretrained(device="cpu")
+    shipped = Parser.from_pretrained(device="cpu")
+    one_view = Parser.from_pretrained(device="cpu")
     one_view.face_zoom = 1.0
-    human = FaceParser.from_pretrained(HUMAN_PARSER, device="cpu")
+    human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
     person = cv2.resize(data.astronaut(), (550, 830))  # the size of a CCP photo (speed only)
     model, config = load_pretrained()
-    shipped_512 = FaceParser(config.data.spec(), 512, model=model.eval())
+    shipped_512 = Parser(config.data.spec(), 512, model=model.eval())
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
-    resnet18 = FaceParser(CELEBAMASK_HQ, 512, model=resnet)
+    resnet18 = Parser(CELEBAMASK_HQ, 512, model=resnet)
     face = cv2.resize(data.astronaut()[40:200, 150:310], (512, 512))  # a face filling the frame
     photo = cv2.resize(data.astronaut(), (1155, 866))  # 1.0 megapixel, one face
     return {

@@ -1,6 +1,6 @@
 """Question: how well does a model parse real faces? Scores on ../shared/data/celebamask-mini.
 
-For a checkpoint (default: the shipped model through ``FaceParser.from_pretrained()``): one
+For a checkpoint (default: the shipped model through ``Parser.from_pretrained()``): one
 confusion matrix per split at the labels' 512x512, per-class F1 of all 19 classes, mean F1 without
 background, mean IoU; optionally with flip test-time augmentation; and, with ``--detect-faces``, the
 same test photos treated as in-the-wild photos (MTCNN detection, alignment, parsing, paste-back).
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from agrnet.checkpoints import model_from_checkpoint
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.evaluate import evaluate_dataset
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, format_results, summarize
 from agrnet.pretrained import load_pretrained
 from common import RESULTS, write_result
@@ -27,7 +27,7 @@ from common import RESULTS, write_result
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
 
 
-def score_detected(parser: FaceParser, dataset: ParsingDataset) -> tuple[dict, int]:
+def score_detected(parser: Parser, dataset: ParsingDataset) -> tuple[dict, int]:
     """Every photo through detect_faces=True; returns the summary and how many photos had no face."""
     matrix = ConfusionMatrix(dataset.spec.num_classes)
     missed = 0
@@ -51,7 +51,7 @@ def main() -> None:
     opts = args.parse_args()
     torch.set_num_threads(2)
     model, config = model_from_checkpoint(opts.checkpoint) if opts.checkpoint else load_pretrained()
-    report: dict[str, object] = {"checkpoint": opts.checkpoint or "FaceParser.from_pretrained()", "scores": {}}
+    report: dict[str, object] = {"checkpoint": opts.checkpoint or "Parser.from_pretrained()", "scores": {}}
     sections = []
     for split in opts.splits:
         dataset = open_split("folder", opts.data, split, config.data.size, classes="celebamask_hq")
@@ -64,7 +64,7 @@ def main() -> None:
             sections.append(f"### {key} ({len(dataset)} images)\n\n{format_results(summary, dataset.spec)}")
             print(sections[-1], flush=True)
         if opts.detect_faces and split == "test":
-            parser = FaceParser(config.data.spec(), config.data.size, model=model)
+            parser = Parser(config.data.spec(), config.data.size, model=model)
             summary, missed = score_detected(parser, dataset)
             report["scores"]["test_detect_faces"] = {**summary, "photos_without_face": missed}  # type: ignore[index]
             sections.append(f"### test through detect_faces=True ({missed} photos without a face found)\n\n"

@@ -19,7 +19,7 @@ from agrnet.data.classes import overlay
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.synth import generate, split_counts
 from agrnet.evaluate import evaluate_dataset
-from agrnet.inference import FaceParser
+from agrnet.inference import Parser
 from agrnet.metrics import format_results
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.train import train
@@ -39,7 +39,7 @@ def ensure_synthetic(root: Path, num: int = DEMO_IMAGES, size: int = DEMO_IMAGE_
 def write_overlays(model: AGRNet, dataset: ParsingDataset, out: Path, count: int = 4) -> list[Path]:
     """Image | ground truth | prediction strips for the first ``count`` samples."""
     out.mkdir(parents=True, exist_ok=True)
-    parser = FaceParser(dataset.spec, dataset.size, model=model)
+    parser = Parser(dataset.spec, dataset.size, model=model)
     palette = dataset.spec.palette
     paths = []
     for index in range(min(count, len(dataset))):

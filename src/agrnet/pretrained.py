@@ -1,7 +1,7 @@
 """Weights that ship inside the package: a plain name -> file table, checked by sha256 at load.
 
 A shipped file holds the fp16 weights and the resolved training config (no optimizer state), so
-``FaceParser.from_pretrained()`` works offline and out of the box. ``pack_checkpoint`` makes one
+``Parser.from_pretrained()`` works offline and out of the box. ``pack_checkpoint`` makes one
 from a training checkpoint.
 """
 
