@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
+from agrnet.data.transforms import canvas_hw
 from agrnet.detection import alignment_matrix
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, summarize
@@ -51,7 +52,7 @@ def outside_crop(parser: Parser, photo: np.ndarray) -> np.ndarray | None:
     if not faces:
         return None
     face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
-    size = parser.size if isinstance(parser.size, int) else parser.size[0]
+    size = canvas_hw(parser.size)[0]
     matrix = alignment_matrix(face.landmarks, size)
     ys, xs = np.mgrid[: photo.shape[0], : photo.shape[1]]
     cx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]

@@ -226,13 +226,17 @@ def _load_parser(checkpoint: str | None, device: str, model: str | None = None) 
     """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both."""
     from agrnet.inference import Parser
 
-    if checkpoint is not None and model is not None:
-        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {model}, not both")
+    _check_one_model(checkpoint, model)
     if checkpoint is None:
         return Parser.from_pretrained(model, device=device)
     if checkpoint.endswith(".onnx"):
         return Parser.from_onnx(checkpoint)
     return Parser.from_checkpoint(checkpoint, device=device)
+
+
+def _check_one_model(checkpoint: str | None, model: str | None) -> None:
+    if checkpoint is not None and model is not None:
+        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {model}, not both")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -283,8 +287,7 @@ def _predict(args: argparse.Namespace) -> int:
             import ray  # noqa: F401
         except ImportError:
             raise ValueError("--engine ray needs Ray: pip install 'agrnet[ray]'") from None
-    if checkpoint is not None and args.model is not None:
-        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {args.model}, not both")
+    _check_one_model(checkpoint, args.model)  # before any listing or loading
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (scale or args.layout == "tree"):
@@ -381,8 +384,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     checkpoint, images = _split_checkpoint(args.inputs)
     if len(images) != 1:
         raise ValueError("give one image (after an optional checkpoint)")
-    if checkpoint and args.model:
-        raise ValueError(f"give a checkpoint ({checkpoint}) or --model {args.model}, not both")
+    _check_one_model(checkpoint, args.model)
     model, config = model_from_checkpoint(checkpoint) if checkpoint else load_pretrained(args.model)
     image = load_image(Path(images[0]), args.max_pixels)
     for path in visualize(model, config.data.spec(), image, config.data.canvas, args.out):
