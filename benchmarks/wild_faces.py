@@ -27,7 +27,7 @@ from tqdm import tqdm
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
 from agrnet.data.transforms import canvas_hw
-from agrnet.detection import alignment_matrix
+from agrnet.detection.align import alignment_matrix, crop_coordinates, inside_crop
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, summarize
 from common import RESULTS, write_result
@@ -54,10 +54,8 @@ def outside_crop(parser: Parser, photo: np.ndarray) -> np.ndarray | None:
     face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
     size = canvas_hw(parser.size)[0]
     matrix = alignment_matrix(face.landmarks, size)
-    ys, xs = np.mgrid[: photo.shape[0], : photo.shape[1]]
-    cx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
-    cy = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
-    return ~((cx >= 0) & (cx <= size - 1) & (cy >= 0) & (cy <= size - 1))
+    map_x, map_y = crop_coordinates(matrix, slice(0, photo.shape[0]), slice(0, photo.shape[1]))
+    return ~inside_crop(map_x, map_y, size)
 
 
 def main() -> None:

@@ -73,16 +73,27 @@ def _footprint(matrix: np.ndarray, side: int, height: int, width: int) -> tuple[
     return slice(y0, y1), slice(x0, x1)
 
 
+def crop_coordinates(matrix: np.ndarray, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Photo window (rows, cols) and (2, 3) photo -> crop matrix -> (h, w) float32 crop x and y of each pixel."""
+    ys, xs = np.mgrid[rows, cols].astype(np.float32)
+    map_x = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]).astype(np.float32)
+    map_y = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]).astype(np.float32)
+    return map_x, map_y
+
+
+def inside_crop(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
+    """(h, w) crop coordinates -> (h, w) bool: inside the (side, side) crop."""
+    return (map_x >= 0) & (map_x <= side - 1) & (map_y >= 0) & (map_y <= side - 1)
+
+
 def _warp_back(
     probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Nc, S, S) crop probabilities -> over the photo window: (Nc, h, w) probabilities, the (h, w) mask of
     pixels inside the crop, and their (h, w) centrality: 1 at the crop's centre, 0 at its corners."""
     side = probabilities.shape[-1]
-    ys, xs = np.mgrid[rows, cols].astype(np.float32)
-    map_x = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]).astype(np.float32)
-    map_y = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]).astype(np.float32)
-    inside = (map_x >= 0) & (map_x <= side - 1) & (map_y >= 0) & (map_y <= side - 1)
+    map_x, map_y = crop_coordinates(matrix, rows, cols)
+    inside = inside_crop(map_x, map_y, side)
     half = (side - 1) / 2
     centrality = 1 - np.hypot(map_x - half, map_y - half) / (half * np.sqrt(2) + 1e-6)
     # cv2.remap handles at most 4 channels at a time.
