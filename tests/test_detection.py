@@ -12,7 +12,7 @@ import skimage.data
 from PIL import Image
 
 from agrnet.detection import FACE_TEMPLATE, MTCNN, Face, align_face, alignment_matrix, parse_photo_faces, paste_back
-from agrnet.detection.align import PhotoCanvas
+from agrnet.detection.align import PhotoCanvas, _sure_labels
 from agrnet.detection.mtcnn import WEIGHTS_DIR
 
 VAL_IMAGES = Path("/work/shared/data/celebamask-mini/val/images")
@@ -178,6 +178,38 @@ def test_a_wide_view_adds_context_without_overriding_the_primary_crop() -> None:
     assert canvas.probabilities is None
     assert (canvas.labels[40:104, 40:104] == 1).all()
     assert canvas.labels[20, 20] == 2 and canvas.labels[140, 140] == 2 and canvas.labels[5, 5] == 0
+
+
+def smooth_probabilities(rng: np.random.Generator, num_classes: int, size: int, sharpness: float) -> np.ndarray:
+    """(Nc, S, S) softmax of upsampled noise: regions, boundaries and unsure zones like a parsed face's."""
+    logits = rng.normal(size=(num_classes, 9, 9)).astype(np.float32) * sharpness
+    logits = np.stack([cv2.resize(plane, (size, size), interpolation=cv2.INTER_CUBIC) for plane in logits])
+    exp = np.exp(logits - logits.max(0))
+    return (exp / exp.sum(0)).astype(np.float32)
+
+
+def test_labels_only_paste_matches_the_full_warp_exactly() -> None:
+    """The fast path (interpolate only where the 3 x 3 window is unsure) gives the argmax of the fully warped
+    probabilities at every pixel: rotated, scaled, shifted partly off the photo, 19 and 3 classes, in strips."""
+    rng = np.random.default_rng(0)
+    checked, sure = 0, []
+    for trial in range(12):
+        num_classes, size = (19, 96) if trial % 2 else (3, 80)
+        probabilities = smooth_probabilities(rng, num_classes, size, sharpness=[1.0, 5.0, 40.0][trial % 3])
+        angle, scale = rng.uniform(-40, 40), rng.uniform(0.4, 2.5)
+        centre = rng.uniform(-20, 150, size=2)
+        matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+        matrix[:, 2] += (size - 1) / 2 - centre
+        full = PhotoCanvas(131, 157, num_classes, probabilities=True)
+        fast = PhotoCanvas(131, 157, num_classes, probabilities=False)
+        for canvas in (full, fast):
+            canvas.paste(probabilities, matrix, primary=trial % 3 != 0)
+        np.testing.assert_array_equal(fast.labels, full.labels)
+        np.testing.assert_array_equal(fast.claim, full.claim)
+        checked += int((full.claim >= 0).sum())
+        sure.append((_sure_labels(probabilities) != 255).mean())
+    assert checked > 40_000  # the footprints covered enough of the photos to mean something
+    assert min(sure) < 0.3 and max(sure) > 0.6  # both paths taken: mostly unsure crops and mostly sure ones
 
 
 def test_parse_photo_faces(detector: MTCNN, astronaut: np.ndarray) -> None:

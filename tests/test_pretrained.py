@@ -88,6 +88,16 @@ def test_astronaut_photo_parses_plausibly(parser: FaceParser) -> None:
     assert centre_y("hair") < centre_y("l_eye")
 
 
+def test_labels_alone_are_the_argmax_of_the_pasted_probabilities(parser: FaceParser) -> None:
+    """detect_faces without probabilities takes the labels-only paste-back: the same map, pixel for pixel."""
+    photo = cv2.resize(data.astronaut(), (431, 377))  # not the crop size, so every pixel is interpolated
+    with_probabilities = parser.predict(photo, detect_faces=True, probabilities=True)
+    labels_only = parser.predict(photo, detect_faces=True)
+    assert labels_only.probabilities is None and with_probabilities.probabilities is not None
+    np.testing.assert_array_equal(labels_only.labels, with_probabilities.labels)
+    assert len(np.unique(labels_only.labels)) > 8
+
+
 def test_photo_without_a_face_is_all_background(parser: FaceParser) -> None:
     result = parser.predict(np.full((120, 90, 3), 128, np.uint8), detect_faces=True)
     assert result.faces == [] and result.labels.shape == (120, 90) and not result.labels.any()

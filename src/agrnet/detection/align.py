@@ -86,25 +86,79 @@ def inside_crop(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
     return (map_x >= 0) & (map_x <= side - 1) & (map_y >= 0) & (map_y <= side - 1)
 
 
+def _centrality(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
+    """(h, w) crop coordinates -> (h, w) float32: 1 at the crop's centre, 0 at its corners."""
+    half = (side - 1) / 2
+    return 1 - np.hypot(map_x - half, map_y - half) / (half * np.sqrt(2) + 1e-6)
+
+
+def _channel_groups(probabilities: np.ndarray) -> list[np.ndarray]:
+    """(Nc, S, S) -> contiguous (S, S, <=4) arrays of consecutive classes: cv2.remap takes at most 4 channels."""
+    return [np.ascontiguousarray(probabilities[c : c + 4].transpose(1, 2, 0)) for c in range(0, len(probabilities), 4)]
+
+
+def _remap(groups: list[np.ndarray], map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """``_channel_groups`` sampled bilinearly at (h, w) crop coordinates -> (Nc, h, w) probabilities."""
+    warped = [np.atleast_3d(cv2.remap(group, map_x, map_y, cv2.INTER_LINEAR)) for group in groups]
+    return np.concatenate(warped, axis=2).transpose(2, 0, 1)
+
+
+def _remap_points(groups: list[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(n,) crop coordinates -> (Nc, n) probabilities, as ``_remap`` gives them at those points."""
+    width = 1024  # cv2.remap's maps must be narrower than 32767: lay the points out in rows
+    rows = -(-len(xs) // width)
+    map_x, map_y = (np.resize(points, rows * width).reshape(rows, width) for points in (xs, ys))
+    return _remap(groups, map_x, map_y).reshape(-1, rows * width)[:, : len(xs)]
+
+
 def _warp_back(
-    probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
+    groups: list[np.ndarray], side: int, matrix: np.ndarray, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Nc, S, S) crop probabilities -> over the photo window: (Nc, h, w) probabilities, the (h, w) mask of
-    pixels inside the crop, and their (h, w) centrality: 1 at the crop's centre, 0 at its corners."""
-    side = probabilities.shape[-1]
+    """A (side, side) crop's probabilities as ``_channel_groups`` -> over the photo window: (Nc, h, w)
+    probabilities, the (h, w) mask of pixels inside the crop, and their (h, w) centrality (``_centrality``)."""
+    map_x, map_y = crop_coordinates(matrix, rows, cols)
+    return _remap(groups, map_x, map_y), inside_crop(map_x, map_y, side), _centrality(map_x, map_y, side)
+
+
+# A class whose probability is above this at the four crop pixels around a sample point wins there after
+# bilinear interpolation (every other class stays below 1 minus it); the 0.001 above 1/2 absorbs the rounding
+# of the interpolation weights. Most of a parsed face is that sure, so only the rest needs interpolating.
+_SURE = 0.501
+_UNSURE = 255
+
+
+def _sure_labels(probabilities: np.ndarray) -> np.ndarray:
+    """(Nc, S, S) -> (S, S) uint8: the class above _SURE at every pixel of the 3 x 3 window, else _UNSURE.
+
+    A sample point rounded to its nearest pixel has its four interpolation neighbours in that window (also
+    with OpenCV's sub-pixel rounding of the coordinates), so a sure pixel's class is the interpolated argmax.
+    """
+    labels = np.full(probabilities.shape[1:], _UNSURE, dtype=np.uint8)
+    for c, plane in enumerate(probabilities):
+        np.copyto(labels, np.uint8(c), where=plane > _SURE)
+    window = np.ones((3, 3), dtype=np.uint8)
+    # Beyond the crop counts as unsure: there the interpolation mixes in zeros.
+    low = cv2.erode(labels, window, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
+    high = cv2.dilate(labels, window, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
+    labels[low != high] = _UNSURE
+    return labels
+
+
+def _warp_labels_back(
+    groups: list[np.ndarray], sure: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_warp_back`` for labels only: (h, w) uint8 argmax of the warped probabilities (exactly), the inside
+    mask and the centrality; ``sure`` from ``_sure_labels``. Interpolates only the pixels that are not sure."""
+    side = len(sure)
     map_x, map_y = crop_coordinates(matrix, rows, cols)
     inside = inside_crop(map_x, map_y, side)
-    half = (side - 1) / 2
-    centrality = 1 - np.hypot(map_x - half, map_y - half) / (half * np.sqrt(2) + 1e-6)
-    # cv2.remap handles at most 4 channels at a time.
-    warped = np.concatenate(
-        [
-            np.atleast_3d(cv2.remap(probabilities[c : c + 4].transpose(1, 2, 0), map_x, map_y, cv2.INTER_LINEAR))
-            for c in range(0, len(probabilities), 4)
-        ],
-        axis=2,
-    )
-    return warped.transpose(2, 0, 1), inside, centrality
+    nearest_x = np.clip(np.rint(map_x), 0, side - 1).astype(np.intp)
+    nearest_y = np.clip(np.rint(map_y), 0, side - 1).astype(np.intp)
+    labels = sure[nearest_y, nearest_x]
+    unsure = inside & (labels == _UNSURE)
+    if unsure.any():
+        labels[unsure] = _remap_points(groups, map_x[unsure], map_y[unsure]).argmax(0)
+    return labels, inside, _centrality(map_x, map_y, side)
 
 
 # Rows of a face's footprint warped back at a time, so that a face filling a 40 MP photo never needs its
@@ -137,10 +191,15 @@ class PhotoCanvas:
             return
         rows, cols = window
         step = max(1, _STRIP_PIXELS // max(1, cols.stop - cols.start))
+        groups, side = _channel_groups(crop_probabilities), crop_probabilities.shape[-1]
+        sure = _sure_labels(crop_probabilities) if self.probabilities is None else None
         for start in range(rows.start, rows.stop, step):
             strip = (slice(start, min(rows.stop, start + step)), cols)
-            warped, inside, centrality = _warp_back(crop_probabilities, matrix, *strip)
-            labels = warped.argmax(0).astype(np.uint8)
+            if sure is None:
+                warped, inside, centrality = _warp_back(groups, side, matrix, *strip)
+                labels = warped.argmax(0).astype(np.uint8)
+            else:
+                labels, inside, centrality = _warp_labels_back(groups, sure, matrix, *strip)
             claim = 2.0 * (labels > 0) + primary + 0.999 * centrality
             wins = inside & (claim > self.claim[strip])
             np.copyto(self.claim[strip], claim, where=wins)
