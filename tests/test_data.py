@@ -141,6 +141,14 @@ def test_warp_keeps_image_and_labels_aligned(seed: int) -> None:
     assert interior.sum() > 200
 
 
+@pytest.mark.parametrize("mode", ["paper", "code"])
+def test_augmentation_scales_stay_in_the_configured_range(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    scales = [Augmentation(mode, scale_range=(0.5, 0.9)).sample(rng)[0] for _ in range(400)]
+    assert min(scales) >= 0.5 and max(scales) <= 0.9
+    assert min(scales) < 0.55 and max(scales) > 0.85  # the whole range is used, not only its default part
+
+
 def _far_from_edges(labels: np.ndarray) -> np.ndarray:
     from agrnet.edges import label_edges
 

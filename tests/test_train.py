@@ -72,11 +72,30 @@ def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: 
         torch.testing.assert_close(a[key], b[key], msg=f"{key} differs after resume")
 
 
+def test_init_from_starts_a_fresh_run_from_the_source_weights(synthetic_root: Path, tmp_path: Path) -> None:
+    source = train(tiny_train_config(synthetic_root, tmp_path / "source", "iterations=3"), progress=False)
+    # lr ~ 0 so that one step leaves the parameters where the source put them
+    extra = [f"init_from={source}", "iterations=1", "optim.lr=1e-12", "optim.momentum=0"]
+    tuned = train(tiny_train_config(synthetic_root, tmp_path / "tuned", *extra), progress=False)
+    before, after = load_checkpoint(source), load_checkpoint(tuned)
+    assert after["iteration"] == 1  # the schedule starts fresh, not at the source's iteration 3
+    fresh = train(tiny_train_config(synthetic_root, tmp_path / "fresh", *extra[1:]), progress=False)
+    names = [name for name, _ in model_from_checkpoint(source)[0].named_parameters()]
+    for name in names:
+        torch.testing.assert_close(after["model"][name], before["model"][name], msg=f"{name} not taken over")
+    assert any(not torch.equal(load_checkpoint(fresh)["model"][n], before["model"][n]) for n in names)
+    wider = tiny_train_config(synthetic_root, tmp_path / "wider", f"init_from={source}", "model.channels=24")
+    with pytest.raises(ValueError, match="its model differs from this run's.*channels"):
+        train(wider, progress=False)
+
+
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown config key optim.lrr; did you mean optim.lr"):
         load_config("synthetic", ["optim.lrr=0.1"])
     with pytest.raises(ConfigError, match="iterations must be an integer"):
         load_config("synthetic", ["iterations=many"])
+    with pytest.raises(ConfigError, match="data.scale_min and data.scale_max must satisfy"):
+        load_config("synthetic", ["data.scale_min=1.3"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         load_config("synthetic", ["lr"])
     with pytest.raises(ConfigError, match="neither a file nor one of"):

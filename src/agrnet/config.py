@@ -30,7 +30,9 @@ class DataConfig:
     (paper 473, at least 32); width: its width (None: square, ``size``), e.g. 512 x 352 for standing
     people. classes: the label spec of a ``folder`` dataset (e.g. celebamask_hq);
     other kinds have their own. skip_bad_samples: skip unreadable samples during training (counted
-    and listed at the end) instead of stopping at the first."""
+    and listed at the end) instead of stopping at the first. scale_min, scale_max: the training scale
+    range of ``augment=paper`` (and the clip of ``code``); the paper's 0.75-1.25. A lower ``scale_min``
+    puts zoomed-out framings (a face small in its canvas, as in a wide crop) in distribution."""
 
     kind: str = "lapa"
     root: str = ""
@@ -41,6 +43,8 @@ class DataConfig:
     flip: bool = False
     workers: int = 2
     skip_bad_samples: bool = False
+    scale_min: float = 0.75
+    scale_max: float = 1.25
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
@@ -89,7 +93,10 @@ class TrainConfig:
     row name) overrides the model switches and, unless ``ablation_losses`` is false, the loss weights
     (``ABLATION_LOSSES``: the baseline trains with cross-entropy alone, Table I(b) row 1).
     ``amp``: auto = bf16 (or fp16 where bf16 is unsupported) on CUDA, off on CPU.
-    ``on_nonfinite``: stop (default) or skip a step whose loss is NaN/inf."""
+    ``on_nonfinite``: stop (default) or skip a step whose loss is NaN/inf.
+    ``init_from``: fine-tuning: a checkpoint path or a shipped model name (``agrnet models``) whose weights
+    start a new run; optimizer, schedule and iteration count start fresh. A resumed run ignores it (its
+    ``last.pt`` holds the weights); the model settings must match the source's."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -107,6 +114,7 @@ class TrainConfig:
     val_every: int = 2000
     log_every: int = 10
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    init_from: str | None = None
 
     def resolved_model(self) -> ModelConfig:
         return self.model if self.ablation is None else ablation(self.ablation, self.model)
@@ -213,6 +221,9 @@ def check_ranges(config: TrainConfig) -> None:
     for key, value in non_negative.items():
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+    low, high = config.data.scale_min, config.data.scale_max
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise ConfigError(f"data.scale_min and data.scale_max must satisfy 0 < min <= max, got {low} and {high}")
     if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
     if not DEVICE_PATTERN.fullmatch(config.device):

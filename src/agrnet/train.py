@@ -38,6 +38,7 @@ from agrnet.evaluate import evaluate_dataset
 from agrnet.losses import AGRNetLoss
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.outputs import prepare_out_dir
+from agrnet.pretrained import pretrained_path
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,19 @@ class _Run:
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
+    def initialise_from(self, source: str) -> None:
+        """Start from the weights of ``source`` (a checkpoint path or a shipped model name): fine-tuning.
+        The models must agree in everything but their initialisation (``pretrained``)."""
+        path = Path(source) if Path(source).is_file() else pretrained_path(source)
+        state = load_checkpoint(path, self.device)
+        ignore = {"pretrained"}
+        stored = {k: v for k, v in asdict(from_dict(state["config"]).resolved_model()).items() if k not in ignore}
+        current = {k: v for k, v in asdict(self.config.resolved_model()).items() if k not in ignore}
+        if stored != current:
+            changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v}
+            raise ValueError(f"init_from={source}: its model differs from this run's (source vs now: {changed})")
+        self.model.load_state_dict(state["model"])  # fp16 shipped weights are copied into fp32 parameters
+
     def restore(self, path: Path) -> None:
         """Continue from a ``last.pt`` of the same model; a different model is refused, naming the changes."""
         state = load_checkpoint(path, self.device)
@@ -296,9 +310,8 @@ def _train_loader(
 ) -> tuple[torch.utils.data.DataLoader, EpochSampler, int]:
     """-> (loader of (batch, errors), its sampler, iterations per epoch) over the train split."""
     data = config.data
-    train_set = open_split(
-        data.kind, data.root, "train", data.canvas, Augmentation(data.augment, data.flip), config.seed, data.classes
-    )
+    augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max))
+    train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
     batch = config.optim.batch_size
@@ -408,6 +421,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
         run.restore(last_path)
         if d.main:
             log.info("resumed from %s at iteration %d", last_path, run.iteration)
+    elif config.init_from:
+        run.initialise_from(config.init_from)
     if d.main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 

@@ -59,17 +59,19 @@ class Augmentation:
     """Training augmentation. ``mode="paper"``: scale U(0.75, 1.25), rotation U(-30, 30) degrees.
     ``"code"``: the reference code's scale clip(N(1, 0.25), 0.75, 1.25) and, with probability 0.6,
     rotation clip(N(0, 30), -60, 60). ``flip``: horizontal mirror with probability 0.5, swapping
-    left/right labels (off by default, as in the paper)."""
+    left/right labels (off by default, as in the paper). ``scale_range`` replaces 0.75-1.25 in both."""
 
     mode: AugmentMode = "paper"
     flip: bool = False
+    scale_range: tuple[float, float] = (0.75, 1.25)
 
     def sample(self, rng: np.random.Generator) -> tuple[float, float, bool]:
         """-> (scale, angle in degrees, flip)."""
+        low, high = self.scale_range
         if self.mode == "paper":
-            scale, angle = rng.uniform(0.75, 1.25), rng.uniform(-30, 30)
+            scale, angle = rng.uniform(low, high), rng.uniform(-30, 30)
         elif self.mode == "code":
-            scale = float(np.clip(rng.normal(1, 0.25), 0.75, 1.25))
+            scale = float(np.clip(rng.normal(1, 0.25), low, high))
             angle = float(np.clip(rng.normal(0, 30), -60, 60)) if rng.random() < 0.6 else 0.0
         elif self.mode == "none":
             scale, angle = 1.0, 0.0
