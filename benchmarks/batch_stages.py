@@ -10,7 +10,8 @@ write) and what is left (results table, journal, listing). Then the rate a run o
 sees once started, of that process and of ``--engine ray`` with 1 and 2 actors (1 CPU and 1 torch thread
 each, Ray started locally by ``predict_tree``), all with ``--outputs labels``: each runs on the first half
 of the photos and on all of them, and the marginal rate is the second half's photos over the difference of
-the two wall times, so that start-up (Ray, actors, model loading) cancels.
+the two wall times, so that start-up (Ray, actors, model loading) cancels; beside it the sum of the results
+table's per-photo seconds (the work measured where each photo is parsed), which start-up does not touch.
 Writes benchmarks/results/batch_stages[_quick].json and .md.
 """
 
@@ -122,19 +123,29 @@ def _run(photos: Path, out: Path, outputs: tuple[str, ...], batch_size: int) -> 
     }  # fmt: skip
 
 
-def _wall(photos: Path, out: Path, workers: int, batch_size: int) -> float:
-    """Seconds of one run with ``--outputs labels``; workers 0: this process, else Ray actors."""
+def _wall(photos: Path, out: Path, workers: int, batch_size: int) -> tuple[float, float]:
+    """-> (wall seconds, the sum of the results table's per-photo seconds) of one run with ``--outputs
+    labels``; workers 0: this process, else Ray actors. The per-photo seconds are measured where the photo
+    is parsed (decode, detection, parsing, paste-back, writing), so their sum shows whether a worker
+    itself works faster or only the wall clock around it differs."""
+    import pyarrow.parquet as pq
+
     options = RayOptions(workers=workers, cpus=1) if workers else None
-    return _predict(_load_shipped, photos, out, ("labels",), batch_size, options)
+    wall = _predict(_load_shipped, photos, out, ("labels",), batch_size, options)
+    work = sum(value for value in pq.read_table(out / "results.parquet", columns=["seconds"])["seconds"].to_pylist())
+    return wall, work
 
 
 def _marginal(half: Path, full: Path, count: int, scratch: Path, workers: int, batch_size: int) -> dict[str, Any]:
     """Wall times on ``half`` (count // 2 photos) and ``full`` (count) -> the marginal rate of the second half."""
     name = f"ray, {workers} actor{'s' if workers > 1 else ''}" if workers else "one process"
-    walls = [_wall(photos, scratch / f"{name}-{photos.name}", workers, batch_size) for photos in (half, full)]
-    rate = (count - count // 2) / (walls[1] - walls[0])
-    return {"run": name, "wall_half_s": round(walls[0], 2), "wall_s": round(walls[1], 2),
-            "images_per_s": round(count / walls[1], 3), "marginal_images_per_s": round(rate, 3)}  # fmt: skip
+    (half_wall, half_work), (wall, work) = [
+        _wall(photos, scratch / f"{name}-{photos.name}", workers, batch_size) for photos in (half, full)
+    ]
+    rate = (count - count // 2) / (wall - half_wall)
+    return {"run": name, "wall_half_s": round(half_wall, 2), "wall_s": round(wall, 2),
+            "images_per_s": round(count / wall, 3), "marginal_images_per_s": round(rate, 3),
+            "work_s": round(work, 2), "work_half_s": round(half_work, 2)}  # fmt: skip
 
 
 def main() -> None:
@@ -175,10 +186,12 @@ def main() -> None:
     lines.append("| wall | " + " | ".join(f"{r['wall_s']} ({r['images_per_s']} img/s)" for r in rows) + " |")
     lines += ["", f"Marginal rate, `--outputs labels`: the second {len(photos) - len(photos) // 2} photos over the "
               "difference of the wall times on half and on all photos (start-up cancels)", "",
-              "| run | wall, half (s) | wall, all (s) | images/s, whole run | marginal images/s | ratio to one |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| run | wall, half (s) | wall, all (s) | images/s, whole run | marginal images/s | ratio to one "
+              "| per-photo work, half / all (s) |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {e['run']} | {e['wall_half_s']} | {e['wall_s']} | {e['images_per_s']} | "
-              f"{e['marginal_images_per_s']} | {e['ratio_to_one_process']} |" for e in engines]  # fmt: skip
+              f"{e['marginal_images_per_s']} | {e['ratio_to_one_process']} | {e['work_half_s']} / {e['work_s']} |"
+              for e in engines]  # fmt: skip
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {path}")

@@ -67,9 +67,11 @@ def main() -> None:
                       help="Parser.face_zoom values (1: the training framing alone)")
     args.add_argument("--seed", type=int, default=0)
     args.add_argument("--threads", type=int, default=2)
+    args.add_argument("--checkpoint", help="a training checkpoint (default: the shipped model)")
+    args.add_argument("--name", default="", help="suffix of the result files (wild_faces_<split>[_<name>])")
     opts = args.parse_args()
     torch.set_num_threads(opts.threads)
-    parser = Parser.from_pretrained(device="cpu")
+    parser = Parser.from_checkpoint(opts.checkpoint, "cpu") if opts.checkpoint else Parser.from_pretrained(device="cpu")
     dataset = open_split("folder", opts.data, opts.split, 32, classes="celebamask_hq")
     dataset.samples = dataset.samples[: opts.limit]
     rng = np.random.default_rng(opts.seed)
@@ -85,7 +87,10 @@ def main() -> None:
             outside[name][0] += int((here & mask).sum()) if mask is not None else 0
             outside[name][1] += int(here.sum())
 
-    report: dict[str, object] = {"split": opts.split, "photos": len(photos), "seed": opts.seed, "zooms": {}}
+    model = opts.checkpoint or "Parser.from_pretrained()"
+    report: dict[str, object] = {
+        "split": opts.split, "photos": len(photos), "seed": opts.seed, "model": model, "zooms": {}
+    }  # fmt: skip
     report["outside_zoom1_crop"] = {n: round(a / max(1, b), 4) for n, (a, b) in outside.items()}
     # The reference: the same faces as aligned crops (the original photos, no detection).
     settings: list[tuple[str, list, bool]] = [("aligned crop", originals, False)]
@@ -101,15 +106,16 @@ def main() -> None:
         report["zooms"][setting] = {  # type: ignore[index]
             **summary, "photos_without_face": missed, "seconds_per_photo": (time.perf_counter() - start) / len(photos)
         }
-    write_result(f"wild_faces_{opts.split}", report)
-    (RESULTS / f"wild_faces_{opts.split}.md").write_text(table(report))
+    name = f"wild_faces_{opts.split}" + (f"_{opts.name}" if opts.name else "")
+    write_result(name, report)
+    (RESULTS / f"{name}.md").write_text(table(report))
     print(table(report))
 
 
 def table(report: dict) -> str:
     rows = [
         f"# Wild-face stand-ins ({report['split']} split, {report['photos']} photos, seed {report['seed']}): "
-        "F1 % through detect_faces=True",
+        f"F1 % through detect_faces=True, model {report.get('model', 'Parser.from_pretrained()')}",
         "",
         "Share of true pixels outside the zoom-1 aligned crop: "
         + ", ".join(f"{n} {100 * v:.1f} %" for n, v in report["outside_zoom1_crop"].items()),
