@@ -98,6 +98,19 @@ def test_labels_alone_are_the_argmax_of_the_pasted_probabilities(parser: FacePar
     assert len(np.unique(labels_only.labels)) > 8
 
 
+def test_another_canvas_trades_detail_for_speed_not_the_layout(parser: FaceParser) -> None:
+    """``size`` runs the network on another canvas: the same photo parses to nearly the same map."""
+    photo = data.astronaut()
+    small = FaceParser.from_pretrained(device="cpu", size=224)
+    assert small.size == (224, 224) and small.size != parser.size
+    reference, coarse = parser.predict(photo, detect_faces=True), small.predict(photo, detect_faces=True)
+    assert coarse.labels.shape == photo.shape[:2]
+    assert (coarse.labels == reference.labels).mean() > 0.95
+    for bad in (16, (224,), 224.0, True):
+        with pytest.raises(ValueError, match="size must be an integer or"):
+            FaceParser.from_pretrained(device="cpu", size=bad)  # type: ignore[arg-type]
+
+
 def test_photo_without_a_face_is_all_background(parser: FaceParser) -> None:
     result = parser.predict(np.full((120, 90, 3), 128, np.uint8), detect_faces=True)
     assert result.faces == [] and result.labels.shape == (120, 90) and not result.labels.any()

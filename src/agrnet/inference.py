@@ -177,13 +177,15 @@ class Parser:
                 model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Parser:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", size: Canvas | None = None) -> Parser:
+        """``size``: the network canvas, S or (height, width) (default: the one the model was trained at);
+        the network is convolutional, so a smaller canvas is faster and coarser, a larger one finer."""
         from agrnet.checkpoints import model_from_checkpoint
         from agrnet.devices import resolve_device
 
         torch_device = resolve_device(device)
         model, config = model_from_checkpoint(path, torch_device)
-        return cls(config.data.spec(), config.data.canvas, model=model, device=torch_device)
+        return cls(config.data.spec(), _canvas(size, config.data.canvas), model=model, device=torch_device)
 
     @classmethod
     def from_onnx(cls, path: str | Path, providers: list[str] | None = None) -> Parser:
@@ -217,15 +219,15 @@ class Parser:
         return predict_logits(self.model, images, perm, self.amp_dtype)
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, device: str = "auto") -> Parser:
+    def from_pretrained(cls, name: str | None = None, device: str = "auto", size: Canvas | None = None) -> Parser:
         """A model shipped inside the package (``agrnet.pretrained.PRETRAINED``; default: the
-        CelebAMask-HQ parser), its file checked by sha256."""
+        CelebAMask-HQ parser), its file checked by sha256. ``size`` as in ``from_checkpoint``."""
         from agrnet.devices import resolve_device
         from agrnet.pretrained import load_pretrained
 
         torch_device = resolve_device(device)
         model, config = load_pretrained(name, torch_device)
-        return cls(config.data.spec(), config.data.canvas, model=model, device=torch_device)
+        return cls(config.data.spec(), _canvas(size, config.data.canvas), model=model, device=torch_device)
 
     @property
     def detector(self) -> MTCNN:
@@ -296,6 +298,16 @@ class Parser:
 
 # Strips of at most this many output pixels per class keep huge photos within memory.
 _STRIP_PIXELS = 4_000_000
+
+
+def _canvas(size: Canvas | None, trained: tuple[int, int]) -> tuple[int, int]:
+    """A requested network canvas, checked, or the training canvas."""
+    if size is None:
+        return trained
+    sides = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= MIN_SIZE for s in sides):
+        raise ValueError(f"size must be an integer or (height, width) of integers >= {MIN_SIZE}, got {size!r}")
+    return sides[0], sides[1]
 
 
 def _to_input_size(canvas_logits: torch.Tensor, height: int, width: int, probabilities: bool) -> Parsing:
