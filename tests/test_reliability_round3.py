@@ -23,6 +23,7 @@ from agrnet.cli import main
 from agrnet.data.synth import generate
 from agrnet.images import ImageError, decode_image
 from agrnet.inference import Parser
+from agrnet.pretrained import load_pretrained
 from agrnet.serve import Limits, parse_image
 from agrnet.train import train
 
@@ -237,7 +238,8 @@ def test_parse_answers_carry_faces_and_the_label_png(face_parser: Parser) -> Non
 def test_export_report_on_stdout_is_json_and_takes_a_model_name(tmp_path: Path, capsys) -> None:
     assert main(["export", "agrnet_mbv2_celebamask", "--out", str(tmp_path / "m.onnx")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["max_abs_diff"] < 1e-3 and report["size"] == 256 and report["width"] == 256
+    _, config = load_pretrained("agrnet_mbv2_celebamask")
+    assert report["max_abs_diff"] < 1e-3 and (report["size"], report["width"]) == config.data.canvas
 
 
 def test_profile_covers_mobilenet_with_the_shipped_settings(capsys) -> None:
