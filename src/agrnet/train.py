@@ -239,26 +239,27 @@ class _Run:
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
+    def _model_changes(self, stored_config: dict[str, Any], ignore: str = "") -> dict[str, tuple[Any, Any]]:
+        """Model settings of a checkpoint's config that differ from this run's: {key: (stored, now)}."""
+        stored = asdict(from_dict(stored_config).resolved_model())
+        current = asdict(self.config.resolved_model())
+        return {k: (stored.get(k), v) for k, v in current.items() if k != ignore and stored.get(k) != v}
+
     def initialise_from(self, source: str) -> None:
         """Start from the weights of ``source`` (a checkpoint path or a shipped model name): fine-tuning.
         The models must agree in everything but their initialisation (``pretrained``)."""
         path = Path(source) if Path(source).is_file() else pretrained_path(source)
         state = load_checkpoint(path, self.device)
-        ignore = {"pretrained"}
-        stored = {k: v for k, v in asdict(from_dict(state["config"]).resolved_model()).items() if k not in ignore}
-        current = {k: v for k, v in asdict(self.config.resolved_model()).items() if k not in ignore}
-        if stored != current:
-            changed = {k: (stored.get(k), v) for k, v in current.items() if stored.get(k) != v}
+        changed = self._model_changes(state["config"], ignore="pretrained")
+        if changed:
             raise ValueError(f"init_from={source}: its model differs from this run's (source vs now: {changed})")
         self.model.load_state_dict(state["model"])  # fp16 shipped weights are copied into fp32 parameters
 
     def restore(self, path: Path) -> None:
         """Continue from a ``last.pt`` of the same model; a different model is refused, naming the changes."""
         state = load_checkpoint(path, self.device)
-        stored_model = asdict(from_dict(state["config"]).resolved_model())
-        current_model = asdict(self.config.resolved_model())
-        if stored_model != current_model:
-            changed = {k: (stored_model.get(k), v) for k, v in current_model.items() if stored_model.get(k) != v}
+        changed = self._model_changes(state["config"])
+        if changed:
             raise ValueError(
                 f"{path} was trained with another model (stored vs now: {changed}); resume with the "
                 f"stored settings or choose a new out_dir"
