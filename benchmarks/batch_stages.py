@@ -132,7 +132,7 @@ def _wall(photos: Path, out: Path, workers: int, batch_size: int) -> tuple[float
 
     options = RayOptions(workers=workers, cpus=1) if workers else None
     wall = _predict(_load_shipped, photos, out, ("labels",), batch_size, options)
-    work = sum(value for value in pq.read_table(out / "results.parquet", columns=["seconds"])["seconds"].to_pylist())
+    work = sum(pq.read_table(out / "results.parquet", columns=["seconds"])["seconds"].to_pylist())
     return wall, work
 
 
