@@ -12,6 +12,7 @@ from agrnet.losses import (
     BoundaryAttentionLoss,
     DiscriminativeLoss,
     LossWeights,
+    balanced_class_weights,
 )
 from agrnet.modeling.agrnet import AGRNetOutput
 
@@ -116,6 +117,31 @@ def test_total_loss_weights_and_upsampling() -> None:
     assert set(baseline) == {"final", "boundary", "total"}
     with pytest.raises(ValueError, match="nothing to train"):
         AGRNetLoss(LossWeights(0, 0, 0, 0, 0))(out, labels)
+
+
+def test_balanced_class_weights_by_hand() -> None:
+    f = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    # power 1: 1/f = 2, 4, 4 (0 for the absent class), divided by sum f*w = 3.
+    torch.testing.assert_close(balanced_class_weights(f, 1.0), torch.tensor([2 / 3, 4 / 3, 4 / 3, 0.0]))
+    torch.testing.assert_close(balanced_class_weights(f, 0.0), torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    w = balanced_class_weights(f, 0.5)
+    assert float((f * w).sum()) == pytest.approx(1.0) and w[1] == pytest.approx(w[0] * math.sqrt(2))
+
+
+def test_class_weights_reweight_the_ce_terms_only() -> None:
+    # Two pixels: class 0 with p0 = e^2/(e^2+1), class 1 with logits (0, 0); weights 1 and 3.
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1]]])
+    out = AGRNetOutput(logits=logits, raw_logits=logits.clone())
+    weights = torch.tensor([1.0, 3.0])
+    terms = AGRNetLoss(class_weights=weights)(out, labels)
+    ce0, ce1 = math.log(1 + math.exp(-2)), math.log(2)
+    expected = (1 * ce0 + 3 * ce1) / (1 + 3)  # PyTorch's weighted mean divides by the summed weights
+    assert float(terms["final"]) == pytest.approx(expected, rel=1e-6)
+    assert float(terms["raw"]) == pytest.approx(expected, rel=1e-6)
+    plain = AGRNetLoss()(out, labels)
+    assert float(plain["final"]) == pytest.approx((ce0 + ce1) / 2, rel=1e-6)
+    torch.testing.assert_close(terms["boundary"], plain["boundary"])
 
 
 def test_ablation_losses_follow_table_1b_unless_overridden() -> None:

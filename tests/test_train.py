@@ -2,19 +2,23 @@ from __future__ import annotations
 
 import ast
 import csv
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAINING, tiny_train_config
 
 from agrnet.checkpoints import load_checkpoint, model_from_checkpoint
 from agrnet.config import ConfigError, load_config
+from agrnet.data.datasets import class_frequencies, load_labels, open_split
 from agrnet.data.synth import generate
+from agrnet.losses import balanced_class_weights
 from agrnet.train import train
 
 
@@ -87,6 +91,26 @@ def test_init_from_starts_a_fresh_run_from_the_source_weights(synthetic_root: Pa
     wider = tiny_train_config(synthetic_root, tmp_path / "wider", f"init_from={source}", "model.channels=24")
     with pytest.raises(ValueError, match="its model differs from this run's.*channels"):
         train(wider, progress=False)
+
+
+def test_class_balance_weighs_by_the_train_label_frequencies(
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    split = open_split("synthetic", str(synthetic_root), "train", 48)
+    frequencies = class_frequencies(split)
+    counts = sum(np.bincount(load_labels(s, 11).ravel(), minlength=256)[:11] for s in split.samples)
+    np.testing.assert_allclose(frequencies, counts / counts.sum())
+    with caplog.at_level(logging.INFO, logger="agrnet.train"):
+        config = tiny_train_config(synthetic_root, tmp_path / "run", "iterations=3", "loss.class_balance=0.5")
+        train(config, progress=False)
+    assert all(np.isfinite(_losses(tmp_path / "run")))
+    weights = balanced_class_weights(torch.from_numpy(frequencies), 0.5)
+    rarest, commonest = int(frequencies.argmin()), int(frequencies.argmax())
+    assert weights[rarest] > 1 > weights[commonest]
+    names = split.spec.class_names
+    assert f"{names[rarest]}={weights[rarest]:.2f}" in caplog.text
+    with pytest.raises(ConfigError, match="loss.class_balance must be a finite number >= 0"):
+        load_config("synthetic", ["loss.class_balance=-0.5"])
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

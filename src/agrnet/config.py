@@ -70,11 +70,15 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig(LossWeights):
-    """lambda_1..5 of Eq. 11 (inherited: raw, edge, boundary, final, discriminative) and the
-    discriminative-loss variant."""
+    """lambda_1..5 of Eq. 11 (inherited: raw, edge, boundary, final, discriminative), the
+    discriminative-loss variant, and ``class_balance``: the exponent p of per-class weights
+    f_c^-p on the two segmentation CE terms (final, raw), f_c the pixel frequency of class c in the
+    train split (0: plain CE as in the paper; 0.5: square-root balancing, for rare classes such as
+    gloves or earrings)."""
 
     dis_variant: Literal["paper", "code"] = "paper"
     dis_delta: float = 1.0
+    class_balance: float = 0.0
 
 
 # The losses each Table I(a) row trains with. The baseline is Table I(b) row 1 (cross-entropy alone,
@@ -216,6 +220,7 @@ def check_ranges(config: TrainConfig) -> None:
     non_negative = {
         "optim.poly_power": config.optim.poly_power, "optim.momentum": config.optim.momentum,
         "optim.weight_decay": config.optim.weight_decay, "loss.dis_delta": config.loss.dis_delta,
+        "loss.class_balance": config.loss.class_balance,
         **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossWeights)},
     }  # fmt: skip
     for key, value in non_negative.items():

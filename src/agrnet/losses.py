@@ -96,6 +96,17 @@ class DiscriminativeLoss(nn.Module):
         return (penalty * off_diagonal).sum((1, 2)).mean() / (v * (v - 1))
 
 
+def balanced_class_weights(frequencies: torch.Tensor, power: float) -> torch.Tensor:
+    """Per-class CE weights f_c^-power, scaled so that their pixel-weighted mean sum_c f_c w_c is 1
+    (the loss keeps its scale). A class absent from the data (f_c = 0) gets 0: it has no pixels.
+
+    frequencies (Nc,) pixel fractions -> (Nc,) float32.
+    """
+    f = frequencies.double()
+    weights = torch.where(f > 0, f.clamp_min(1e-300) ** -power, torch.zeros_like(f))
+    return (weights / (f * weights).sum()).float()
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """lambda_1..lambda_5 of Eq. 11 (paper values)."""
@@ -113,6 +124,8 @@ class AGRNetLoss(nn.Module):
     Terms: ``final`` (CE), ``raw`` (CE on Z0), ``edge`` (balanced edge CE), ``boundary`` (BA loss),
     ``discriminative`` (on X_G), plus ``total``. A term whose output is absent (e.g. the baseline
     has no Z0) or whose weight is 0 is left out. Every prediction is upsampled to the label size.
+    ``class_weights`` (Nc,): per-class weights of the final and raw CE (``balanced_class_weights``);
+    None: unweighted, as in the paper.
     """
 
     def __init__(
@@ -122,16 +135,21 @@ class AGRNetLoss(nn.Module):
         dis_delta: float = 1.0,
         dis_variant: Literal["paper", "code"] = "paper",
         num_classes: int = 0,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.weights = weights
+        self.class_weights = class_weights
         self.ignore_index = ignore_index
         self.edge_loss = BalancedEdgeLoss()
         self.boundary_loss = BoundaryAttentionLoss(ignore_index)
         self.discriminative_loss = DiscriminativeLoss(dis_delta, dis_variant, num_classes)
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(_upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=self.ignore_index)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(
+            _upsample(logits, labels.shape[-2:]).float(), labels, weight=weight, ignore_index=self.ignore_index
+        )
 
     def forward(
         self, output: AGRNetOutput, labels: torch.Tensor, edges: torch.Tensor | None = None

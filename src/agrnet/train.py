@@ -31,11 +31,11 @@ from tqdm import tqdm
 from agrnet.build import build_agrnet
 from agrnet.checkpoints import atomic_save, load_checkpoint
 from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
-from agrnet.data.datasets import DatasetError, ParsingDataset, Split, open_split
+from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_frequencies, open_split
 from agrnet.data.transforms import Augmentation
 from agrnet.devices import resolve_device
 from agrnet.evaluate import evaluate_dataset
-from agrnet.losses import AGRNetLoss
+from agrnet.losses import AGRNetLoss, balanced_class_weights
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.outputs import prepare_out_dir
 from agrnet.pretrained import pretrained_path
@@ -283,7 +283,7 @@ class _Run:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
 
-def _build_run(config: TrainConfig, d: Distributed, device: torch.device) -> _Run:
+def _build_run(config: TrainConfig, d: Distributed, device: torch.device, class_weights: torch.Tensor | None) -> _Run:
     """Model (SyncBatchNorm + DDP under torchrun), optimizer with poly decay, GradScaler (fp16 only), loss."""
     model = build_agrnet(config.resolved_model()).to(device)
     amp_dtype = autocast_dtype(config.amp, device)
@@ -301,15 +301,15 @@ def _build_run(config: TrainConfig, d: Distributed, device: torch.device) -> _Ru
     loss_config = config.resolved_loss()
     criterion = AGRNetLoss(
         loss_config, dis_delta=loss_config.dis_delta, dis_variant=loss_config.dis_variant,
-        num_classes=model.num_classes,
+        num_classes=model.num_classes, class_weights=class_weights,
     )  # fmt: skip
     return _Run(config, model, net, optimizer, scheduler, scaler, criterion, device, amp_dtype, d)
 
 
 def _train_loader(
     config: TrainConfig, num_classes: int, d: Distributed, device: torch.device
-) -> tuple[torch.utils.data.DataLoader, EpochSampler, int]:
-    """-> (loader of (batch, errors), its sampler, iterations per epoch) over the train split."""
+) -> tuple[torch.utils.data.DataLoader, EpochSampler, int, ParsingDataset]:
+    """-> (loader of (batch, errors), its sampler, iterations per epoch, the train split)."""
     data = config.data
     augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max))
     train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
@@ -324,7 +324,21 @@ def _train_loader(
         _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=data.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
     )  # fmt: skip
-    return loader, sampler, iters_per_epoch
+    return loader, sampler, iters_per_epoch, train_set
+
+
+def _class_weights(config: TrainConfig, train_set: ParsingDataset, d: Distributed) -> torch.Tensor | None:
+    """The CE class weights of ``loss.class_balance`` from the train split's label frequencies (None at 0).
+    Recomputed on resume: the same labels give the same weights, so checkpoints need not carry them."""
+    power = config.loss.class_balance
+    if not power:
+        return None
+    frequencies = torch.from_numpy(class_frequencies(train_set, skip_bad=config.data.skip_bad_samples))
+    weights = balanced_class_weights(frequencies, power)
+    if d.main:
+        named = ", ".join(f"{n}={w:.2f}" for n, w in zip(train_set.spec.class_names, weights.tolist(), strict=True))
+        log.info("class weights (loss.class_balance=%g): %s", power, named)
+    return weights
 
 
 def _train_step(run: _Run, data: dict[str, torch.Tensor], epoch: int, out_dir: Path) -> dict[str, torch.Tensor]:
@@ -415,8 +429,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
     out_dir = Path(config.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    run = _build_run(config, d, device)
-    loader, sampler, iters_per_epoch = _train_loader(config, run.model.num_classes, d, device)
+    loader, sampler, iters_per_epoch, train_set = _train_loader(config, config.resolved_model().num_classes, d, device)
+    run = _build_run(config, d, device, _class_weights(config, train_set, d))
     val_set = _optional_split(config, "val")
     if resume:
         run.restore(last_path)

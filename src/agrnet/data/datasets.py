@@ -168,6 +168,24 @@ class ParsingDataset(torch.utils.data.Dataset):
         }
 
 
+def class_frequencies(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
+    """(Nc,) float64 pixel fraction of each class over the dataset's original labels (ignored
+    pixels left out). ``skip_bad``: leave out unreadable labels instead of raising."""
+    num_classes = dataset.spec.num_classes
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for sample in dataset.samples:
+        try:
+            labels = load_labels(sample, num_classes)
+        except DatasetError:
+            if not skip_bad:
+                raise
+            continue
+        counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    if counts.sum() == 0:
+        raise DatasetError("no labelled pixel in the split: class frequencies are undefined")
+    return counts / counts.sum()
+
+
 def _require_dirs(root: Path, dirs: list[str], dataset: str) -> None:
     if not root.is_dir():
         raise DatasetError(f"{root}: {dataset} directory does not exist")
