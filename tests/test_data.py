@@ -10,7 +10,7 @@ from PIL import Image
 from agrnet.data.classes import CELEBAMASK_HQ, LAPA, colorize
 from agrnet.data.datasets import DatasetError, open_split
 from agrnet.data.synth import generate
-from agrnet.data.transforms import Augmentation, letterbox_matrix, unletterbox, warp_pair
+from agrnet.data.transforms import Augmentation, letterbox_matrix, unletterbox, unletterbox_labels, warp_pair
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -182,6 +182,29 @@ def test_unletterbox_inverts_the_letterbox(shape: tuple[int, int]) -> None:
     )
     back = unletterbox(torch.from_numpy(canvas.astype(np.float32))[None], h, w).argmax(1)[0].numpy()
     assert (back == labels).mean() > 0.97
+
+
+@pytest.mark.parametrize(
+    ("canvas", "shape"), [((48, 32), (830, 550)), ((48, 32), (37, 901)), ((40, 40), (23, 17)), ((40, 40), (40, 40))]
+)
+def test_label_fast_path_matches_the_argmax_of_the_full_interpolation(
+    canvas: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    """Up- and downsampling, odd sizes, tall and wide letterboxes; regions like a real parse."""
+    torch.manual_seed(0)
+    coarse = torch.randn(1, 7, canvas[0] // 4, canvas[1] // 4) * 4
+    logits = torch.nn.functional.interpolate(coarse, size=canvas, mode="bilinear")[0] + 0.3 * torch.randn(7, *canvas)
+    h, w = shape
+    reference = unletterbox(logits[None], h, w)[0]
+    fast = unletterbox_labels(logits, h, w)
+    assert fast.shape == (h, w) and fast.dtype == torch.int64
+    differ = fast != reference.argmax(0)
+    # float rounding may only flip near-ties of the interpolated logits
+    top2 = reference.topk(2, dim=0).values
+    assert bool(((top2[0] - top2[1]) < 1e-4)[differ].all()), f"{int(differ.sum())} pixels differ beyond ties"
+    assert differ.float().mean() < 1e-4
+    rows = unletterbox_labels(logits, h, w, rows=(h // 3, h // 2))
+    assert torch.equal(rows, fast[h // 3 : h // 2])
 
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from agrnet.data.classes import LabelSpec
 from agrnet.data.datasets import DatasetError, ParsingDataset
-from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.data.transforms import to_tensor, unletterbox_labels, warp_pair
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
 
@@ -113,7 +113,7 @@ def evaluate_dataset(
         logits = predict_logits(model, images.to(device), flip_perm, amp_dtype)
         for i, target in enumerate(labels):
             h, w = target.shape
-            prediction = unletterbox(logits[i : i + 1], h, w).argmax(1)[0]
+            prediction = unletterbox_labels(logits[i], h, w)
             if lut is not None:
                 prediction = lut[prediction]
             matrix.update(prediction, target.to(device))

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
-from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, unletterbox, warp_pair
+from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, unletterbox, unletterbox_labels, warp_pair
 from agrnet.detection import MTCNN, Face, parse_photo_faces
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE, pil_to_rgb
@@ -311,16 +311,20 @@ def _canvas(size: Canvas | None, trained: tuple[int, int]) -> tuple[int, int]:
 
 
 def _to_input_size(canvas_logits: torch.Tensor, height: int, width: int, probabilities: bool) -> Parsing:
-    """canvas_logits (Nc, S, S) -> labels (and probabilities) at (height, width), in row strips."""
+    """canvas_logits (Nc, Sh, Sw) -> labels (and probabilities) at (height, width), in row strips.
+    Labels alone take the fast path that interpolates only along label borders."""
     step = max(1, _STRIP_PIXELS // width)
     labels = np.empty((height, width), dtype=np.uint8)
     probs = np.empty((canvas_logits.shape[0], height, width), dtype=np.float32) if probabilities else None
     for start in range(0, height, step):
         stop = min(height, start + step)
-        strip = unletterbox(canvas_logits[None], height, width, rows=(start, stop))[0]
-        labels[start:stop] = strip.argmax(0).to(torch.uint8).cpu().numpy()
-        if probs is not None:
+        if probs is None:
+            strip_labels = unletterbox_labels(canvas_logits, height, width, rows=(start, stop))
+        else:
+            strip = unletterbox(canvas_logits[None], height, width, rows=(start, stop))[0]
+            strip_labels = strip.argmax(0)
             probs[:, start:stop] = strip.softmax(0).cpu().numpy()
+        labels[start:stop] = strip_labels.to(torch.uint8).cpu().numpy()
     return Parsing(labels, probs)
 
 
