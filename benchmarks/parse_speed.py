@@ -5,7 +5,10 @@ its training canvas) and the same weights at a 256 and a 512 canvas (``size=``),
 (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
 512x512; the shipped model on a ~1-megapixel photo with one face through face detection, alignment and
 paste-back, with its wide second view (the default ``face_zoom``) and without (``face_zoom=1``); and the
-shipped human parser on a 550 x 830 street photo (a person standing), whole. Writes
+shipped human parser on a 550 x 830 street photo (a person standing), whole. Two rows repeat the
+aligned face and the person with the labels taken from the full bilinear interpolation of every class
+(``unletterbox`` then argmax: the path before ``unletterbox_labels``), to show what the border-only
+interpolation saves. Writes
 benchmarks/results/parse_speed[_quick]_cpu.json.
 """
 
@@ -17,14 +20,42 @@ import time
 from collections.abc import Callable
 
 import cv2
+import numpy as np
 import torch
 from skimage import data
 
 from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.classes import CELEBAMASK_HQ
+from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
 from agrnet.inference import Parser
 from agrnet.pretrained import HUMAN_PARSER
 from common import result_name, table, write_result
+
+
+def full_interpolation(parser: Parser, image: np.ndarray) -> np.ndarray:
+    """The labels as ``predict`` gave them before the border-only fast path: every class interpolated."""
+    canvas = to_tensor(warp_pair(image, None, parser.size)[0])[None]
+    with torch.no_grad():
+        logits = parser._logits(canvas, flip=False).float()
+    return unletterbox(logits, *image.shape[:2])[0].argmax(0).to(torch.uint8).numpy()
+
+
+def fast_path_agreement() -> dict[str, float]:
+    """Fraction of pixels where ``predict`` and the full interpolation give the same label (1.0: exact)."""
+    face, person = sample_images()
+    pairs = {
+        "face": (Parser.from_pretrained(device="cpu"), face),
+        "person": (Parser.from_pretrained(HUMAN_PARSER, device="cpu"), person),
+    }
+    return {
+        name: float((parser.predict(image).labels == full_interpolation(parser, image)).mean())
+        for name, (parser, image) in pairs.items()
+    }
+
+
+def sample_images() -> tuple[np.ndarray, np.ndarray]:
+    """A 512 x 512 face filling the frame and a person resized to a CCP photo's 550 x 830 (speed only)."""
+    return cv2.resize(data.astronaut()[40:200, 150:310], (512, 512)), cv2.resize(data.astronaut(), (550, 830))
 
 
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
@@ -33,19 +64,20 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     one_view.face_zoom = 1.0
     at_256, at_512 = Parser.from_pretrained(device="cpu", size=256), Parser.from_pretrained(device="cpu", size=512)
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
-    person = cv2.resize(data.astronaut(), (550, 830))  # the size of a CCP photo (speed only)
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
     resnet18 = Parser(CELEBAMASK_HQ, 512, model=resnet)
-    face = cv2.resize(data.astronaut()[40:200, 150:310], (512, 512))  # a face filling the frame
+    face, person = sample_images()
     photo = cv2.resize(data.astronaut(), (1155, 866))  # 1.0 megapixel, one face
     return {
         f"shipped (MobileNetV2, its {shipped.size[0]} canvas)": (lambda: shipped.predict(face), "512x512 face"),
+        "shipped, full interpolation": (lambda: full_interpolation(shipped, face), "512x512 face"),
         "shipped, size=256": (lambda: at_256.predict(face), "512x512 face"),
         "shipped, size=512": (lambda: at_512.predict(face), "512x512 face"),
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
         "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
         "human parser (384x256 canvas)": (lambda: human.predict(person), "550x830 photo"),
+        "human parser, full interpolation": (lambda: full_interpolation(human, person), "550x830 photo"),
     }
 
 
@@ -77,7 +109,10 @@ def main() -> None:
         for name, t in times.items()
     ]
     print(table(rows, list(rows[0])))
-    path = write_result(result_name("parse_speed", args.quick, torch.device("cpu")), {"rounds": rounds, "rows": rows})
+    agreement = fast_path_agreement()
+    print(f"labels equal to the full interpolation's: {agreement}")
+    result = {"rounds": rounds, "rows": rows, "fast_path_agreement": agreement}
+    path = write_result(result_name("parse_speed", args.quick, torch.device("cpu")), result)
     print(f"wrote {path}")
 
 
