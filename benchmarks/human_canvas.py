@@ -1,0 +1,70 @@
+"""Question: what does a smaller canvas trade for speed with the shipped human parser?
+
+The same weights (``Parser.from_pretrained("agrnet_mbv2_ccp", size=...)``) on their 384 x 256 training canvas
+and on smaller tall canvases, each scored on the CCP photos of one split at their own size (mean IoU with
+background, mean F1 without), and timed on the same photos (fp32, batch 1, median of per-photo times,
+canvases interleaved photo by photo so that machine noise hits all alike). A canvas is chosen on val
+(the default split); ``--split test`` then reports the choice once. Writes
+benchmarks/results/human_canvas_<split>[_quick]_cpu.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from agrnet.data.datasets import open_split
+from agrnet.inference import Parser
+from agrnet.metrics import ConfusionMatrix, summarize
+from agrnet.pretrained import HUMAN_PARSER
+from common import RESULTS, machine, result_name, table, write_result
+
+CCP = Path(__file__).parents[2] / "shared" / "data" / "ccp"
+CANVASES = ((384, 256), (352, 240), (320, 224), (288, 192))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10 photos")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    args = parser.parse_args()
+    if not CCP.is_dir():
+        raise SystemExit(f"needs the CCP photos at {CCP}")
+    torch.set_num_threads(args.threads)
+    photos = open_split("folder", CCP, args.split, CANVASES[0], classes="ccp")
+    count = 10 if args.quick else len(photos)
+    parsers = {size: Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=size) for size in CANVASES}
+    matrices = {size: ConfusionMatrix(photos.spec.num_classes) for size in CANVASES}
+    times: dict[tuple[int, int], list[float]] = {size: [] for size in CANVASES}
+    for index in range(count):
+        image, labels = photos.load(index)
+        for size, model in parsers.items():
+            start = time.perf_counter()
+            predicted = model.predict(image).labels
+            times[size].append(time.perf_counter() - start)
+            matrices[size].update(torch.from_numpy(predicted), torch.from_numpy(labels))
+    rows = []
+    for size in CANVASES:
+        summary = summarize(matrices[size].matrix, photos.spec)
+        rows.append({
+            "canvas": f"{size[0]}x{size[1]}", "mean_iou": round(100 * summary["mean_iou"], 2),
+            "mean_f1": round(100 * summary["mean_f1"], 2),
+            "median_ms": round(1000 * statistics.median(times[size]), 1),
+        })  # fmt: skip
+    text = table(rows, list(rows[0]))
+    print(text)
+    name = result_name(f"human_canvas_{args.split}", args.quick, torch.device("cpu"))
+    write_result(name, {"split": args.split, "photos": count, "threads": args.threads, "rows": rows})
+    header = f"{count} CCP {args.split} photos at their own size, {args.threads} threads, fp32, batch 1"
+    header += f" ({machine()['cpu']})\n\n"
+    (RESULTS / f"{name}.md").write_text(header + text + "\n")
+    print(f"wrote {RESULTS / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
