@@ -5,11 +5,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_train_config
 from PIL import Image
 from skimage import data
 
+from agrnet.checkpoints import model_from_checkpoint
 from agrnet.cli import main
+from agrnet.data.transforms import to_tensor, warp_pair
 from agrnet.data.synth import generate
 from agrnet.inference import FaceParser
 from agrnet.predict import predict_paths
@@ -131,3 +134,19 @@ def test_export_parity(checkpoint: Path, tmp_path: Path, fmt: str, parser: FaceP
         image = np.random.default_rng(3).integers(0, 255, (45, 33, 3), dtype=np.uint8)
         agreement = (onnx_parser.predict(image).labels == parser.predict(image).labels).mean()
         assert agreement > 0.99
+
+
+def test_parser_runs_a_folded_copy_and_leaves_the_callers_model_alone(checkpoint: Path) -> None:
+    model, config = model_from_checkpoint(checkpoint, torch.device("cpu"))
+    model.train()
+    parser = FaceParser(config.data.spec(), config.data.canvas, model=model)
+    def batchnorms(module: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+    # the ResNet's blocks keep theirs (attributes, not a Sequential); the stem, downsampling and heads fold
+    assert model.training and parser.model is not model and 0 < batchnorms(parser.model) < batchnorms(model)
+    image = np.random.default_rng(1).integers(0, 255, (40, 33, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model.eval()(to_tensor(warp_pair(image, None, parser.size)[0])[None]).logits
+    got = parser._logits(to_tensor(warp_pair(image, None, parser.size)[0])[None], flip=False)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

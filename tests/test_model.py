@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -11,6 +12,7 @@ from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.losses import AGRNetLoss
 from agrnet.modeling.backbone import _packaged_weights, build_backbone, build_resnet_backbone
 from agrnet.modeling.graph import AdaptiveProjection, GraphReasoning, Reprojection
+from agrnet.modeling.layers import fold_batchnorm
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -253,3 +255,29 @@ def test_spatial_ablation_pools_edge_masked_features(tiny_config: ModelConfig) -
     masked = captured["x0"] * out.edge_logits.softmax(1)[:, 1:]
     expected = torch.nn.functional.adaptive_avg_pool2d(masked, 6)[:, :, 1:5, 1:5].flatten(2).transpose(1, 2)
     torch.testing.assert_close(out.vertices, expected)
+
+
+def test_fold_batchnorm_keeps_outputs_and_removes_every_batchnorm() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        num_classes=5, backbone="mobilenet_v2", output_stride=16, channels=16, context_channels=32, edge_channels=8,
+        top_k=2,
+    )  # fmt: skip
+    model = build_agrnet(config)
+    for module in model.modules():  # non-trivial statistics, so that folding has something to fold
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(model)
+    model.eval()
+    images = torch.randn(2, 3, 70, 53)
+    with torch.no_grad():
+        expected = model(images).logits
+        folded = fold_batchnorm(copy.deepcopy(model))
+        got = folded(images.contiguous(memory_format=torch.channels_last)).logits
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

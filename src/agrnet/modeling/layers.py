@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -27,3 +28,21 @@ class ConvBNAct(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(0.01, inplace=True),
         )
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold, in place, every eval-mode BatchNorm2d that directly follows a Conv2d inside a Sequential into
+    that convolution (new weights and bias; the BatchNorm becomes Identity). Same outputs to float rounding,
+    one pass over the activations less per layer: on the CPU, BatchNorm was about 15 % of a MobileNetV2
+    AGRNet's forward time. Only for inference: the folded model has no running statistics to train."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it folds the running statistics)")
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module._modules.items())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                module._modules[bn_name] = nn.Identity()
+    return model
