@@ -12,8 +12,8 @@ from skimage import data
 
 from agrnet.checkpoints import model_from_checkpoint
 from agrnet.cli import main
-from agrnet.data.transforms import to_tensor, warp_pair
 from agrnet.data.synth import generate
+from agrnet.data.transforms import to_tensor, warp_pair
 from agrnet.inference import FaceParser
 from agrnet.predict import predict_paths
 from agrnet.train import train
@@ -140,6 +140,7 @@ def test_parser_runs_a_folded_copy_and_leaves_the_callers_model_alone(checkpoint
     model, config = model_from_checkpoint(checkpoint, torch.device("cpu"))
     model.train()
     parser = FaceParser(config.data.spec(), config.data.canvas, model=model)
+
     def batchnorms(module: torch.nn.Module) -> int:
         return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
 

@@ -279,7 +279,6 @@ class Parser:
                 results.append(_to_input_size(canvas_logits.float(), *array.shape[:2], probabilities))
         return results
 
-
     def _parse_photo(self, photo: np.ndarray, probabilities: bool, flip: bool) -> Parsing:
         found = self.detector.detect(photo)
         faces = sorted(found, key=lambda f: -float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))[: self.max_faces]

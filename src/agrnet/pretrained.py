@@ -102,9 +102,7 @@ def describe_models() -> str:
     return "\n\n".join(blocks)
 
 
-def load_pretrained(
-    name: str | None = None, map_location: str | torch.device = "cpu"
-) -> tuple[AGRNet, TrainConfig]:
+def load_pretrained(name: str | None = None, map_location: str | torch.device = "cpu") -> tuple[AGRNet, TrainConfig]:
     """A shipped model in fp32 (``load_state_dict`` copies the fp16 file into fp32 parameters) and the
     config it was trained with."""
     return model_from_checkpoint(pretrained_path(name), map_location)
