@@ -229,3 +229,18 @@ def test_parse_photo_faces(detector: MTCNN, astronaut: np.ndarray) -> None:
 
     labels, probabilities = parse_photo_faces(astronaut, [], parse_crops, 128, num_classes=5)
     assert (labels == 0).all() and probabilities.shape == (5, 512, 512) and (probabilities[0] == 1).all()
+
+
+def test_all_views_of_a_chunk_go_to_the_network_in_one_call(detector: MTCNN, astronaut: np.ndarray) -> None:
+    calls: list[list[tuple[int, ...]]] = []
+
+    def parse_crops(crops: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append([crop.shape for crop in crops])
+        return [constant_probabilities(5, crop.shape[0], winner=3, confidence=0.8) for crop in crops]
+
+    faces = detector.detect(astronaut) * 3  # three (identical) faces, chunks of two
+    views = [(96.0, 96), (64.0, 96)]
+    parse_photo_faces(astronaut, faces, parse_crops, 96, num_classes=5, views=views, probabilities=False, chunk=2)
+    assert calls == [[(96, 96, 3)] * 4, [(96, 96, 3)] * 2]
+    with pytest.raises(ValueError, match="same side"):
+        parse_photo_faces(astronaut, faces, parse_crops, 96, num_classes=5, views=[(96.0, 96), (64.0, 64)])

@@ -48,10 +48,11 @@ class Parsing:
 # How much more of the photo around a detected face its second, wide crop shows than the CelebA-HQ framing,
 # which cuts long hair and the neck off; chosen on the val split of benchmarks/wild_faces.py.
 DEFAULT_FACE_ZOOM = 1.5
-# Faces parsed per photo at most (the largest first) and per network batch: a photo tiled with hundreds of
-# faces must not take the machine's memory or minutes of one request.
+# Faces parsed per photo at most (the largest first), and faces per network batch (each with its views: 8
+# crops with the wide one): a photo tiled with hundreds of faces must not take the machine's memory or
+# minutes of one request.
 DEFAULT_MAX_FACES = 32
-FACE_CHUNK = 8
+FACE_CHUNK = 4
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:

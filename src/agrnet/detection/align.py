@@ -237,20 +237,29 @@ def parse_photo_faces(
     chunk: int = 8,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Aligns each face to one crop per view, parses the crops with ``parse_crops`` ((S, S, 3) uint8 RGB crops
-    of one view -> (Nc, S, S) float32 probabilities each), ``chunk`` faces at a time, and pastes them back.
+    -> (Nc, S, S) float32 probabilities each), ``chunk`` faces (all their views in one call) at a time, and
+    pastes them back.
 
     A view (scale, side) is a (side, side) crop with the face as large as in a ``scale`` x ``scale`` training
     crop (``alignment_matrix``); default one view, (size, size): the training framing. The first view is the
     primary one (see ``PhotoCanvas``), the others add context around it. Returns (H, W) uint8
     labels and, with ``probabilities``, (Nc, H, W) float32 probabilities (else None); all background when
-    ``faces`` is empty. Memory: one chunk of crops plus the photo's labels and claims.
+    ``faces`` is empty. Memory: one chunk of crops (chunk x views) plus the photo's labels and claims.
     """
     height, width = image.shape[:2]
     canvas = PhotoCanvas(height, width, num_classes, probabilities)
+    views = views or [(size, size)]
+    if len({side for _, side in views}) != 1:
+        raise ValueError(f"every view must have the same side (one network batch), got {views}")
     for start in range(0, len(faces), chunk):
-        for view, (scale, side) in enumerate(views or [(size, size)]):
-            aligned = [align_face(image, face.landmarks, scale, side) for face in faces[start : start + chunk]]
-            parsed = parse_crops([crop for crop, _ in aligned])
-            for crop_probabilities, (_, matrix) in zip(parsed, aligned, strict=True):
-                canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, primary=view == 0)
+        # View-major, so that every primary crop is pasted before any wide one, as with one call per view;
+        # one network batch for all views is cheaper on the CPU than one per view.
+        aligned = [
+            (view, *align_face(image, face.landmarks, scale, side))
+            for view, (scale, side) in enumerate(views)
+            for face in faces[start : start + chunk]
+        ]
+        parsed = parse_crops([crop for _, crop, _ in aligned])
+        for crop_probabilities, (view, _, matrix) in zip(parsed, aligned, strict=True):
+            canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, primary=view == 0)
     return canvas.labels, canvas.probabilities
