@@ -93,8 +93,10 @@ def _centrality(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
 
 
 def _channel_groups(probabilities: np.ndarray) -> list[np.ndarray]:
-    """(Nc, S, S) -> contiguous (S, S, <=4) arrays of consecutive classes: cv2.remap takes at most 4 channels."""
-    return [np.ascontiguousarray(probabilities[c : c + 4].transpose(1, 2, 0)) for c in range(0, len(probabilities), 4)]
+    """(Nc, S, S) -> (S, S, <=4) arrays of consecutive classes: cv2.remap takes at most 4 channels.
+    cv2.merge interleaves the planes several times faster than a numpy transpose copy."""
+    planes = np.ascontiguousarray(probabilities)
+    return [cv2.merge(list(planes[c : c + 4])) for c in range(0, len(planes), 4)]
 
 
 def _remap(groups: list[np.ndarray], map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
