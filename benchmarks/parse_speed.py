@@ -8,7 +8,8 @@ paste-back, with its wide second view (the default ``face_zoom``) and without (`
 shipped human parser on a 550 x 830 street photo (a person standing), whole. Two rows repeat the
 aligned face and the person with the labels taken from the full bilinear interpolation of every class
 (``unletterbox`` then argmax: the path before ``unletterbox_labels``), to show what the border-only
-interpolation saves. Writes
+interpolation saves. Two rows time the face network alone on its canvas: as trained (BatchNorm layers,
+NCHW) and as ``Parser`` runs it (BatchNorm folded into the convolutions, channels_last). Writes
 benchmarks/results/parse_speed[_quick]_cpu.json.
 """
 
@@ -28,7 +29,7 @@ from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
 from agrnet.inference import Parser
-from agrnet.pretrained import HUMAN_PARSER
+from agrnet.pretrained import HUMAN_PARSER, load_pretrained
 from common import result_name, table, write_result
 
 
@@ -58,8 +59,17 @@ def sample_images() -> tuple[np.ndarray, np.ndarray]:
     return cv2.resize(data.astronaut()[40:200, 150:310], (512, 512)), cv2.resize(data.astronaut(), (550, 830))
 
 
+def network_only(model: torch.nn.Module, canvas: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return model(canvas)
+
+    return run
+
+
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     shipped = Parser.from_pretrained(device="cpu")
+    as_trained = load_pretrained()[0].eval()
     one_view = Parser.from_pretrained(device="cpu")
     one_view.face_zoom = 1.0
     at_256, at_512 = Parser.from_pretrained(device="cpu", size=256), Parser.from_pretrained(device="cpu", size=512)
@@ -68,6 +78,8 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     resnet18 = Parser(CELEBAMASK_HQ, 512, model=resnet)
     face, person = sample_images()
     photo = cv2.resize(data.astronaut(), (1155, 866))  # 1.0 megapixel, one face
+    canvas = to_tensor(warp_pair(face, None, shipped.size)[0])[None]
+    side = f"{shipped.size[0]}x{shipped.size[1]} canvas"
     return {
         f"shipped (MobileNetV2, its {shipped.size[0]} canvas)": (lambda: shipped.predict(face), "512x512 face"),
         "shipped, full interpolation": (lambda: full_interpolation(shipped, face), "512x512 face"),
@@ -76,6 +88,11 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
         "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
+        "network only, as trained (BatchNorm, NCHW)": (network_only(as_trained, canvas), side),
+        "network only, as Parser runs it (folded, channels_last)": (
+            network_only(shipped.model, canvas.contiguous(memory_format=torch.channels_last)),
+            side,
+        ),
         "human parser (384x256 canvas)": (lambda: human.predict(person), "550x830 photo"),
         "human parser, full interpolation": (lambda: full_interpolation(human, person), "550x830 photo"),
     }
