@@ -218,7 +218,8 @@ class Parser:
         assert self.model is not None
         perm = flip_permutation(self.spec, self.model.num_classes) if flip else None
         images = canvases.to(self.device).contiguous(memory_format=torch.channels_last)
-        return predict_logits(self.model, images, perm, self.amp_dtype)
+        # Back to NCHW: the softmax over classes and the paste-back read one class plane at a time.
+        return predict_logits(self.model, images, perm, self.amp_dtype).contiguous()
 
     @classmethod
     def from_pretrained(cls, name: str | None = None, device: str = "auto", size: Canvas | None = None) -> Parser:
