@@ -63,13 +63,8 @@ def main() -> None:
     args.add_argument("--data", default=str(SHARED))
     args.add_argument("--split", default="val", choices=["val", "test"])
     args.add_argument("--limit", type=int, default=200, help="photos (the first N of the split)")
-    args.add_argument(
-        "--zooms",
-        type=float,
-        nargs="+",
-        default=[1.0, 1.25, 1.5, 1.75, 2.0],
-        help="Parser.face_zoom values (1: the training framing alone)",
-    )
+    args.add_argument("--zooms", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0],
+                      help="Parser.face_zoom values (1: the training framing alone)")
     args.add_argument("--seed", type=int, default=0)
     args.add_argument("--threads", type=int, default=2)
     args.add_argument("--checkpoint", help="a training checkpoint (default: the shipped model)")
@@ -109,9 +104,7 @@ def main() -> None:
             matrix.update(torch.from_numpy(result.labels), torch.from_numpy(labels))
         summary = summarize(matrix.matrix, CELEBAMASK_HQ)
         report["zooms"][setting] = {  # type: ignore[index]
-            **summary,
-            "photos_without_face": missed,
-            "seconds_per_photo": (time.perf_counter() - start) / len(photos),
+            **summary, "photos_without_face": missed, "seconds_per_photo": (time.perf_counter() - start) / len(photos)
         }
     name = f"wild_faces_{opts.split}" + (f"_{opts.name}" if opts.name else "")
     write_result(name, report)
@@ -133,8 +126,7 @@ def table(report: dict) -> str:
     for zoom, s in report["zooms"].items():
         f1 = [100 * s["per_class"][n]["f1"] for n in REPORTED]
         rows.append(
-            f"| {zoom} | {100 * s['mean_f1']:.2f} | "
-            + " | ".join(f"{v:.1f}" for v in f1)
+            f"| {zoom} | {100 * s['mean_f1']:.2f} | " + " | ".join(f"{v:.1f}" for v in f1)
             + f" | {100 * s['mean_iou']:.2f} | {s['photos_without_face']} | {s['seconds_per_photo']:.3f} |"
         )
     return "\n".join(rows) + "\n"

@@ -254,7 +254,9 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_done(checkpoint: Path, tmp_path:
         assert 1 <= len(recorded) < 40 and all(row["status"] == "ok" for row in recorded)
 
 
-def test_outputs_never_replace_an_input_and_are_never_taken_as_inputs(checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_outputs_never_replace_an_input_and_are_never_taken_as_inputs(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
     folder = tmp_path / "photos"
     _photo(folder / "face.jpg")
     user_labels = _photo(folder / "face_labels.png", 10)  # the user's own file, beside face.jpg

@@ -318,46 +318,27 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="optional checkpoint (.pt) or exported .onnx (default: the shipped model), then image "
                    "files, directories or videos")  # fmt: skip
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--detect-faces",
-        action="store_true",
-        help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop",
-    )
+    p.add_argument("--detect-faces", action="store_true",
+                   help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--device", default="auto")
     _add_model(p)
     _add_max_pixels(p)
-    p.add_argument(
-        "--outputs",
-        default=",".join(("labels", "mask", "overlay")),
-        help="comma-separated: labels (index PNG), mask (colours), overlay (default: all three)",
-    )
+    p.add_argument("--outputs", default=",".join(("labels", "mask", "overlay")),
+                   help="comma-separated: labels (index PNG), mask (colours), overlay (default: all three)")
     p.add_argument("--batch-size", type=_at_least(1), default=8, help="photos per network call (default 8)")
     p.add_argument("--threads", type=_at_least(1), help="torch threads of this process (default: torch's choice)")
     scale = p.add_argument_group("at scale (tree layout: outputs mirror the inputs' paths; results.parquet; resume)")
     scale.add_argument("--recursive", action="store_true", help="take the image and video files of subfolders too")
-    scale.add_argument(
-        "--manifest",
-        metavar="FILE",
-        help="inputs listed in FILE: one path per line, or a column of a .csv or .parquet file",
-    )
+    scale.add_argument("--manifest", metavar="FILE",
+                       help="inputs listed in FILE: one path per line, or a column of a .csv or .parquet file")
     scale.add_argument("--manifest-column", metavar="NAME", help="path column of a CSV/Parquet manifest (default path)")
-    scale.add_argument(
-        "--layout",
-        choices=["flat", "tree"],
-        help="flat: outputs side by side, no table (default for plain files and folders); tree: above",
-    )
-    scale.add_argument(
-        "--shard",
-        metavar="R/N",
-        help="parse input i only if i mod N == R (default: RANK/WORLD_SIZE when set, as torchrun does)",
-    )
-    scale.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: Ray Data with a pool of parser actors (pip install 'agrnet[ray]')",
-    )
+    scale.add_argument("--layout", choices=["flat", "tree"],
+                       help="flat: outputs side by side, no table (default for plain files and folders); tree: above")
+    scale.add_argument("--shard", metavar="R/N",
+                       help="parse input i only if i mod N == R (default: RANK/WORLD_SIZE when set, as torchrun does)")
+    scale.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: Ray Data with a pool of parser actors (pip install 'agrnet[ray]')")
     scale.add_argument("--address", help="Ray cluster address (default: a local Ray on this machine)")
     scale.add_argument("--workers", type=_at_least(1), default=1, help="Ray parser actors (default 1)")
     scale.add_argument("--cpus-per-worker", type=_at_least(1), default=1, help="CPUs (and torch threads) per actor")
@@ -377,8 +358,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from agrnet.export import export_model
     from agrnet.pretrained import PRETRAINED, load_pretrained
 
-    model, config = (
-        load_pretrained(args.checkpoint) if args.checkpoint in PRETRAINED else model_from_checkpoint(args.checkpoint)
+    model, config = load_pretrained(args.checkpoint) if args.checkpoint in PRETRAINED else model_from_checkpoint(
+        args.checkpoint
     )
     report = export_model(model, args.out, config.data.canvas, config.data.spec().name, args.format)
     print(json.dumps(report, indent=2))

@@ -60,7 +60,9 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
     base = load_config("synthetic", [f"data.root={data_root}", f"out_dir={out / 'run'}", *overrides])
     runs = {"agrnet": base}
     if compare_baseline:
-        runs["baseline"] = dataclasses.replace(base, ablation="baseline", out_dir=str(out / "run_baseline"))
+        runs["baseline"] = dataclasses.replace(
+            base, ablation="baseline", out_dir=str(out / "run_baseline")
+        )
     report: dict[str, Any] = {"data": str(data_root), "images": split_counts(DEMO_IMAGES), "runs": {}}
     tables = []
     for name, config in runs.items():
@@ -88,3 +90,4 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), compare_baseline: b
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text("# agrnet demo results (F1 / IoU in %)\n\n" + "\n\n".join(tables) + "\n")
     return report
+

@@ -94,9 +94,8 @@ def run_photo_demo(
         counts = np.bincount(result.labels.ravel(), minlength=len(parser.class_names))
         summary["photos"][name] = {
             "size": list(photo.shape[:2]),
-            "faces": [
-                {"box": [round(float(v), 1) for v in f.box], "score": round(f.score, 4)} for f in result.faces or []
-            ],  # fmt: skip
+            "faces": [{"box": [round(float(v), 1) for v in f.box], "score": round(f.score, 4)}
+                      for f in result.faces or []],  # fmt: skip
             "seconds": round(seconds, 3),
             "pixels_per_class": {n: int(c) for n, c in zip(parser.class_names, counts, strict=True) if c},
             "files": sorted(written),

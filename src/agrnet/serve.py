@@ -411,13 +411,8 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
         "summary": "Parse one face photo",
         "parameters": [
             {"name": "detect_faces", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
-            {
-                "name": "labels",
-                "in": "query",
-                "required": False,
-                "schema": {"enum": ["png"]},
-                "description": "also return the label map as an index PNG",
-            },
+            {"name": "labels", "in": "query", "required": False, "schema": {"enum": ["png"]},
+             "description": "also return the label map as an index PNG"},
         ],
         "requestBody": {
             "required": True,
@@ -591,7 +586,9 @@ class WebServer:
         self._queue.close()
 
 
-def make_server(parser: Parser, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None) -> WebServer:
+def make_server(
+    parser: Parser, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None
+) -> WebServer:
     """A ready server (not yet serving); port 0 picks a free port (see ``server.server_address``)."""
     limits = limits or Limits()
     return WebServer(make_app(parser, limits), host, port, limits)
