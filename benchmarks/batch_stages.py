@@ -26,12 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import agrnet.batch
 import agrnet.predict
 from agrnet.batch import RayOptions, list_tasks, predict_tree
 from agrnet.detection.mtcnn import MTCNN
+from agrnet.devices import set_threads
 from agrnet.inference import Parser
 from agrnet.predict import Settings
 from common import RESULTS, machine, result_name, write_result
@@ -157,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     if not PHOTOS.is_dir():
         raise SystemExit(f"{PHOTOS} is missing; the benchmark needs those photos")
-    torch.set_num_threads(1)
+    set_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     photos = sorted(PHOTOS.glob("*.jpg"))[: args.photos or (8 if args.quick else 200)]
     rows = []

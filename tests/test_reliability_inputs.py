@@ -67,6 +67,20 @@ def test_a_missing_device_is_refused_before_training() -> None:
         resolve_device("cuda:7")
 
 
+def test_threads_bind_opencv_as_well_as_torch() -> None:
+    import torch
+
+    from agrnet.devices import set_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        set_threads(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inputs")

@@ -29,6 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agrnet.data.datasets import IMAGE_SUFFIXES
+from agrnet.devices import set_threads
 from agrnet.inference import Parser
 from agrnet.predict import (
     OUTPUT_ENDINGS,
@@ -389,9 +390,7 @@ class RayParser:
     """A Ray Data actor: loads the model once, then parses batches of tasks (a pyarrow table)."""
 
     def __init__(self, make_parser: Callable[[], Parser], settings: Settings, attempts: str, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
+        set_threads(max(1, threads))
         self.parser, self.settings, self.attempts = make_parser(), settings, Path(attempts)
 
     def __call__(self, batch: Any) -> Any:

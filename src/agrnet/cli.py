@@ -16,6 +16,7 @@ import torch
 from agrnet.build import ABLATIONS, ModelConfig, ablation, build_agrnet
 from agrnet.data.classes import LABEL_SPECS
 from agrnet.data.datasets import READERS
+from agrnet.devices import set_threads
 from agrnet.modeling.backbone import BACKBONES
 from agrnet.profiling import format_table, profile_model
 
@@ -289,7 +290,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise ValueError("--engine ray needs Ray: pip install 'agrnet[ray]'") from None
     _check_one_model(checkpoint, args.model)  # before any listing or loading
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     if not (scale or args.layout == "tree"):
         parser = _load_parser(checkpoint, args.device, args.model)
         report = predict_paths(parser, inputs, args.out, args.detect_faces, args.flip, args.max_pixels, outputs,
@@ -327,7 +328,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outputs", default=",".join(("labels", "mask", "overlay")),
                    help="comma-separated: labels (index PNG), mask (colours), overlay (default: all three)")
     p.add_argument("--batch-size", type=_at_least(1), default=8, help="photos per network call (default 8)")
-    p.add_argument("--threads", type=_at_least(1), help="torch threads of this process (default: torch's choice)")
+    p.add_argument("--threads", type=_at_least(1), help="torch and OpenCV threads (default: theirs)")
     scale = p.add_argument_group("at scale (tree layout: outputs mirror the inputs' paths; results.parquet; resume)")
     scale.add_argument("--recursive", action="store_true", help="take the image and video files of subfolders too")
     scale.add_argument("--manifest", metavar="FILE",

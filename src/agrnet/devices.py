@@ -3,9 +3,17 @@ for training and inference alike."""
 
 from __future__ import annotations
 
+import cv2
 import torch
 
 from agrnet.config import DEVICE_PATTERN
+
+
+def set_threads(threads: int) -> None:
+    """Threads of this process for torch and OpenCV alike: OpenCV's warps and resizes otherwise take every
+    core, so N one-thread workers (Ray actors, shards) would contend for the cores in paste-back."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
