@@ -48,12 +48,9 @@ def main() -> None:
     args.add_argument("--flip", action="store_true", help="also score with flip test-time augmentation")
     args.add_argument("--detect-faces", action="store_true", help="also score test photos through detection")
     args.add_argument("--limit", type=int, default=0, help="score only the first N images per split")
-    args.add_argument("--size", type=int, default=0, help="network canvas (default: the model's training size)")
     opts = args.parse_args()
     torch.set_num_threads(2)
     model, config = model_from_checkpoint(opts.checkpoint) if opts.checkpoint else load_pretrained()
-    if opts.size:
-        config.data.size = opts.size
     report: dict[str, object] = {"checkpoint": opts.checkpoint or "Parser.from_pretrained()", "scores": {}}
     sections = []
     for split in opts.splits:
