@@ -243,3 +243,18 @@ def test_folder_labels_outside_the_19_classes_name_the_file(tmp_path: Path) -> N
     dataset = open_split("folder", tmp_path, "train", 32, classes="celebamask_hq")
     with pytest.raises(DatasetError, match=rf"{path.name}: label values \[19\] are outside 0..18"):
         dataset.load(0)
+
+
+def test_degradation_blurs_and_compresses_only_when_drawn() -> None:
+    rng = np.random.default_rng(0)
+    checker = (np.indices((96, 128)).sum(0) % 2 * 255).astype(np.uint8)
+    image = np.repeat(checker[..., None], 3, axis=2)
+    assert Augmentation(degrade=0.0).degrade_image(image, rng) is image
+    draws = rng.bit_generator.state
+    assert Augmentation(degrade=0.0).degrade_image(image, rng) is image and rng.bit_generator.state == draws
+    degraded = Augmentation(degrade=1.0).degrade_image(image, np.random.default_rng(1))
+    assert degraded.shape == image.shape and degraded.dtype == np.uint8
+    # A one-pixel checkerboard cannot survive any shrink below full size: its contrast collapses.
+    assert degraded.astype(float).std() < 0.5 * image.astype(float).std()
+    again = Augmentation(degrade=1.0).degrade_image(image, np.random.default_rng(1))
+    assert np.array_equal(degraded, again)

@@ -120,6 +120,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_config("synthetic", ["iterations=many"])
     with pytest.raises(ConfigError, match="data.scale_min and data.scale_max must satisfy"):
         load_config("synthetic", ["data.scale_min=1.3"])
+    with pytest.raises(ConfigError, match="data.degrade is a probability"):
+        load_config("synthetic", ["data.degrade=1.5"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         load_config("synthetic", ["lr"])
     with pytest.raises(ConfigError, match="neither a file nor one of"):

@@ -32,7 +32,9 @@ class DataConfig:
     other kinds have their own. skip_bad_samples: skip unreadable samples during training (counted
     and listed at the end) instead of stopping at the first. scale_min, scale_max: the training scale
     range of ``augment=paper`` (and the clip of ``code``); the paper's 0.75-1.25. A lower ``scale_min``
-    puts zoomed-out framings (a face small in its canvas, as in a wide crop) in distribution."""
+    puts zoomed-out framings (a face small in its canvas, as in a wide crop) in distribution. degrade:
+    the probability that a training sample is shown as a small, JPEG-compressed photo blown up to the
+    canvas (0: never, the default; faces from small in-the-wild photos look like that)."""
 
     kind: str = "lapa"
     root: str = ""
@@ -45,6 +47,7 @@ class DataConfig:
     skip_bad_samples: bool = False
     scale_min: float = 0.75
     scale_max: float = 1.25
+    degrade: float = 0.0
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
@@ -229,6 +232,8 @@ def check_ranges(config: TrainConfig) -> None:
     low, high = config.data.scale_min, config.data.scale_max
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
         raise ConfigError(f"data.scale_min and data.scale_max must satisfy 0 < min <= max, got {low} and {high}")
+    if not (math.isfinite(config.data.degrade) and 0 <= config.data.degrade <= 1):
+        raise ConfigError(f"data.degrade is a probability in [0, 1], got {config.data.degrade}")
     if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
     if not DEVICE_PATTERN.fullmatch(config.device):

@@ -311,7 +311,7 @@ def _train_loader(
 ) -> tuple[torch.utils.data.DataLoader, EpochSampler, int, ParsingDataset]:
     """-> (loader of (batch, errors), its sampler, iterations per epoch, the train split)."""
     data = config.data
-    augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max))
+    augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade)
     train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")

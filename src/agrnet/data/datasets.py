@@ -159,6 +159,8 @@ class ParsingDataset(torch.utils.data.Dataset):
             scale, angle, flip = self.augmentation.sample(rng)
         image, warped = warp_pair(image, labels, self.size, scale, angle, self._flip_lut if flip else None)
         assert warped is not None
+        if self.augmentation is not None and epoch is not None:
+            image = self.augmentation.degrade_image(image, rng)
         label_tensor = torch.from_numpy(warped.astype(np.int64))
         return {
             "image": to_tensor(image),

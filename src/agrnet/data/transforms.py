@@ -59,11 +59,13 @@ class Augmentation:
     """Training augmentation. ``mode="paper"``: scale U(0.75, 1.25), rotation U(-30, 30) degrees.
     ``"code"``: the reference code's scale clip(N(1, 0.25), 0.75, 1.25) and, with probability 0.6,
     rotation clip(N(0, 30), -60, 60). ``flip``: horizontal mirror with probability 0.5, swapping
-    left/right labels (off by default, as in the paper). ``scale_range`` replaces 0.75-1.25 in both."""
+    left/right labels (off by default, as in the paper). ``scale_range`` replaces 0.75-1.25 in both.
+    ``degrade``: the probability that a sample is shown as a low-quality photo (``degrade_image``)."""
 
     mode: AugmentMode = "paper"
     flip: bool = False
     scale_range: tuple[float, float] = (0.75, 1.25)
+    degrade: float = 0.0
 
     def sample(self, rng: np.random.Generator) -> tuple[float, float, bool]:
         """-> (scale, angle in degrees, flip)."""
@@ -78,6 +80,27 @@ class Augmentation:
         else:
             raise ValueError(f"augmentation mode must be 'paper', 'code' or 'none', got {self.mode!r}")
         return float(scale), float(angle), bool(self.flip and rng.random() < 0.5)
+
+    def degrade_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(H, W, 3) uint8 RGB canvas -> the same, with probability ``degrade`` as a small JPEG blown up.
+
+        Training faces are sharp 512-px CelebA-HQ crops; a face detected in a small press photo reaches
+        the canvas upsampled and compressed. The canvas is shrunk to a fraction U(0.3, 1) of its side
+        (area filter), JPEG-coded at quality U(30, 95) and resized back (bilinear). The draws follow
+        ``sample``'s, so runs without degradation draw exactly what they drew before it existed.
+        """
+        if self.degrade <= 0 or rng.random() >= self.degrade:
+            return image
+        height, width = image.shape[:2]
+        factor, quality = rng.uniform(0.3, 1.0), int(rng.integers(30, 96))
+        small = cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))),
+                           interpolation=cv2.INTER_AREA)  # fmt: skip
+        # OpenCV's JPEG coder takes BGR: chroma must be subsampled on the true colour channels.
+        ok, code = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("OpenCV could not JPEG-encode a training canvas")
+        small = np.ascontiguousarray(cv2.imdecode(code, cv2.IMREAD_COLOR)[..., ::-1])
+        return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def warp_pair(
