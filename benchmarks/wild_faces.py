@@ -10,7 +10,9 @@ ears or chins, and the mirrored bottom puts a second, upside-down neck under the
 capped`` caps the top, left and right mirrors short of the face and replicates the bottom row downwards
 instead. Each photo goes through ``detect_faces=True`` at each ``--zooms`` value (``Parser.face_zoom``); one
 confusion matrix per zoom over all pixels, also merged to background / skin / hair. Also reported: the share
-of true hair, neck and skin pixels outside the zoom-1 crop's footprint.
+of true hair, neck and skin pixels outside the zoom-1 crop's footprint, and hair and neck F1 apart on the
+original photo's own pixels and on the made-up surround (``by_region``), which tells a parse that misses
+the head from one that misreads a mirror or a replicated stripe.
 
 Choose the zoom on ``--split val``; report on test. Writes benchmarks/results/wild_faces_<split>[_<name>].json and .md.
 """
@@ -56,8 +58,9 @@ def merged_scores(matrix: np.ndarray) -> dict[str, float]:
 
 def wild_photo(
     image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, surround: str = "reflect"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S, 3) face photo and (S, S) labels -> a shrunk, extended photo and its labels.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, S, 3) face photo and (S, S) labels -> a shrunk, extended photo, its labels and the (H, W) bool
+    footprint of the original photo in it.
 
     surround "reflect": every edge mirrored by U(0.05, 0.25) of the side. "capped": top, left and right
     mirrored by the same draw capped at 0.8 of the distance from that edge to the face (so that no mirrored
@@ -69,7 +72,8 @@ def wild_photo(
     top, bottom, left, right = (round(side * b) for b in rng.uniform(0.05, 0.25, 4))
     if surround == "reflect":
         pad = ((top, bottom), (left, right))
-        return np.pad(small, (*pad, (0, 0)), mode="reflect"), np.pad(small_labels, pad, mode="reflect")
+        photo, photo_labels = np.pad(small, (*pad, (0, 0)), mode="reflect"), np.pad(small_labels, pad, mode="reflect")
+        return photo, photo_labels, np.pad(np.ones((side, side), bool), pad)
     rows, cols = np.nonzero(np.isin(small_labels, [CELEBAMASK_HQ.class_names.index(n) for n in FACE_PARTS]))
     if len(rows):
         top, left = min(top, int(0.8 * rows.min())), min(left, int(0.8 * cols.min()))
@@ -77,7 +81,19 @@ def wild_photo(
     sides = ((top, 0), (left, right))
     photo, photo_labels = np.pad(small, (*sides, (0, 0)), mode="reflect"), np.pad(small_labels, sides, mode="reflect")
     below = ((0, bottom), (0, 0))
-    return np.pad(photo, (*below, (0, 0)), mode="edge"), np.pad(photo_labels, below, mode="edge")
+    footprint = np.pad(np.ones((side, side), bool), ((top, bottom), (left, right)))
+    return np.pad(photo, (*below, (0, 0)), mode="edge"), np.pad(photo_labels, below, mode="edge"), footprint
+
+
+def region_scores(matrix: np.ndarray) -> dict[str, float]:
+    """19x19 confusion of one region -> hair and neck F1 and their true pixel counts (F1 NaN without any)."""
+    names, scores = CELEBAMASK_HQ.class_names, {}
+    for name in ("hair", "neck"):
+        c = names.index(name)
+        truth, predicted = matrix[c].sum(), matrix[:, c].sum()
+        scores[f"{name}_f1"] = float(2 * matrix[c, c] / (truth + predicted)) if truth + predicted else float("nan")
+        scores[f"{name}_pixels"] = int(truth)
+    return scores
 
 
 def outside_crop(parser: Parser, photo: np.ndarray) -> np.ndarray | None:
@@ -116,7 +132,7 @@ def main() -> None:
 
     names = CELEBAMASK_HQ.class_names
     outside = {name: [0, 0] for name in REPORTED}  # true pixels outside the zoom-1 crop, all true pixels
-    for photo, labels in photos:
+    for photo, labels, _ in photos:
         mask = outside_crop(parser, photo)
         for name in REPORTED:
             here = labels == names.index(name)
@@ -130,18 +146,24 @@ def main() -> None:
     }  # fmt: skip
     report["outside_zoom1_crop"] = {n: round(a / max(1, b), 4) for n, (a, b) in outside.items()}
     # The reference: the same faces as aligned crops (the original photos, no detection).
-    settings: list[tuple[str, list, bool]] = [("aligned crop", originals, False)]
+    aligned = [(image, labels, np.ones(labels.shape, bool)) for image, labels in originals]
+    settings: list[tuple[str, list, bool]] = [("aligned crop", aligned, False)]
     settings += [(f"{zoom:g}", photos, True) for zoom in opts.zooms]
     for setting, inputs, detect in settings:
         parser.face_zoom = float(setting) if detect else 1.0
         matrix, missed, start = ConfusionMatrix(len(names)), 0, time.perf_counter()
-        for photo, labels in tqdm(inputs, desc=setting, unit="img"):
+        regions = {"photo": ConfusionMatrix(len(names)), "surround": ConfusionMatrix(len(names))}
+        for photo, labels, footprint in tqdm(inputs, desc=setting, unit="img"):
             result = parser.predict(photo, detect_faces=detect)
             missed += detect and not result.faces
-            matrix.update(torch.from_numpy(result.labels), torch.from_numpy(labels))
+            predicted, truth, inside = (torch.from_numpy(a) for a in (result.labels, labels, footprint))
+            matrix.update(predicted, truth)
+            regions["photo"].update(predicted[inside], truth[inside])
+            regions["surround"].update(predicted[~inside], truth[~inside])
         summary = summarize(matrix.matrix, CELEBAMASK_HQ)
         report["zooms"][setting] = {  # type: ignore[index]
             **summary, "merged": merged_scores(matrix.matrix.numpy()), "confusion": matrix.matrix.tolist(),
+            "by_region": {region: region_scores(m.matrix.numpy()) for region, m in regions.items()},
             "photos_without_face": missed, "seconds_per_photo": (time.perf_counter() - start) / len(photos),
         }  # fmt: skip
     name = f"wild_faces_{opts.split}" + (f"_{opts.name}" if opts.name else "")
@@ -172,7 +194,24 @@ def table(report: dict) -> str:
             + f" | {100 * s['mean_iou']:.2f} | " + merged_cells(s.get("merged"))
             + f" | {s['photos_without_face']} | {s['seconds_per_photo']:.3f} |"
         )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + region_rows(report["zooms"])) + "\n"
+
+
+def region_rows(zooms: dict[str, dict]) -> list[str]:
+    """Hair and neck F1 on the original photo's pixels and on the made-up surround (older files: none)."""
+    rows = ["", "By region: the original photo's pixels vs the made-up surround (share: true pixels there).", "",
+            "| face_zoom | hair F1 photo | hair F1 surround | hair share surround | neck F1 photo "
+            "| neck F1 surround | neck share surround |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for zoom, s in zooms.items():
+        if "by_region" not in s or zoom == "aligned crop":
+            continue
+        photo, around = s["by_region"]["photo"], s["by_region"]["surround"]
+        cells = []
+        for name in ("hair", "neck"):
+            share = around[f"{name}_pixels"] / max(1, around[f"{name}_pixels"] + photo[f"{name}_pixels"])
+            cells += [f"{100 * photo[f'{name}_f1']:.1f}", f"{100 * around[f'{name}_f1']:.1f}", f"{100 * share:.1f} %"]
+        rows.append(f"| {zoom} | " + " | ".join(cells) + " |")
+    return rows if len(rows) > 5 else []
 
 
 def merged_cells(merged: dict[str, float] | None) -> str:
