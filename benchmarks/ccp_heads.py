@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from wild_faces import crop_footprints
 
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
-from agrnet.data.transforms import canvas_hw
-from agrnet.detection.align import alignment_matrix, crop_coordinates, inside_crop
 from agrnet.inference import Parser
 from common import RESULTS, write_result
 
@@ -37,16 +36,9 @@ FACE_SKIN = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_e
 
 def regions(parser: Parser, photo: np.ndarray, widest: float) -> dict[str, np.ndarray] | None:
     """(H, W) bool masks of the three regions around the photo's largest face (None: no face)."""
-    faces = parser.detector.detect(photo)
-    if not faces:
+    inside = crop_footprints(parser, photo, [1.0, widest])
+    if inside is None:
         return None
-    face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
-    size = canvas_hw(parser.size)[0]
-    rows, cols = slice(0, photo.shape[0]), slice(0, photo.shape[1])
-    inside = []
-    for zoom in (1.0, widest):
-        matrix = alignment_matrix(face.landmarks, size / zoom, size)
-        inside.append(inside_crop(*crop_coordinates(matrix, rows, cols), size))
     crop, wide = inside
     return {"crop": crop, "ring": wide & ~crop, "beyond": ~wide}
 

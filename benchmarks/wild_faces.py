@@ -96,16 +96,16 @@ def region_scores(matrix: np.ndarray) -> dict[str, float]:
     return scores
 
 
-def outside_crop(parser: Parser, photo: np.ndarray) -> np.ndarray | None:
-    """(H, W) bool: pixels outside the zoom-1 aligned crop of the photo's largest face (None: no face)."""
+def crop_footprints(parser: Parser, photo: np.ndarray, zooms: list[float]) -> list[np.ndarray] | None:
+    """(H, W) bool per zoom: pixels inside that zoom's crop of the photo's largest face (None: no face)."""
     faces = parser.detector.detect(photo)
     if not faces:
         return None
     face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
     size = canvas_hw(parser.size)[0]
-    matrix = alignment_matrix(face.landmarks, size)
-    map_x, map_y = crop_coordinates(matrix, slice(0, photo.shape[0]), slice(0, photo.shape[1]))
-    return ~inside_crop(map_x, map_y, size)
+    rows, cols = slice(0, photo.shape[0]), slice(0, photo.shape[1])
+    return [inside_crop(*crop_coordinates(alignment_matrix(face.landmarks, size / z, size), rows, cols), size)
+            for z in zooms]  # fmt: skip
 
 
 def main() -> None:
@@ -133,7 +133,8 @@ def main() -> None:
     names = CELEBAMASK_HQ.class_names
     outside = {name: [0, 0] for name in REPORTED}  # true pixels outside the zoom-1 crop, all true pixels
     for photo, labels, _ in photos:
-        mask = outside_crop(parser, photo)
+        inside = crop_footprints(parser, photo, [1.0])
+        mask = None if inside is None else ~inside[0]
         for name in REPORTED:
             here = labels == names.index(name)
             outside[name][0] += int((here & mask).sum()) if mask is not None else 0
