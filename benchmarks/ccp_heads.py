@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from wild_faces import crop_footprints
+from wild_faces import MERGED_SKIN, crop_footprints
 
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
@@ -30,8 +30,6 @@ from common import RESULTS, write_result
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
 REGIONS = ("crop", "ring", "beyond")
-FACE_SKIN = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip",
-             "l_lip", "neck")  # fmt: skip
 
 
 def regions(parser: Parser, photo: np.ndarray, widest: float) -> dict[str, np.ndarray] | None:
@@ -66,7 +64,7 @@ def main() -> None:
     parser = Parser.from_pretrained(device="cpu")
     dataset = open_split("folder", opts.data, opts.split, 32, classes="ccp")
     ccp, face = dataset.spec.class_names, CELEBAMASK_HQ.class_names
-    skin_ids = [face.index(n) for n in FACE_SKIN]
+    skin_ids = [face.index(n) for n in MERGED_SKIN]
     counts = {z: {k: {r: [0, 0, 0] for r in REGIONS} for k in ("hair", "skin")} for z in opts.zooms}
     missed = 0
     for index in tqdm(range(len(dataset)), desc=f"ccp {opts.split}", unit="img"):

@@ -87,12 +87,10 @@ def wild_photo(
 
 def region_scores(matrix: np.ndarray) -> dict[str, float]:
     """19x19 confusion of one region -> hair and neck F1 and their true pixel counts (F1 NaN without any)."""
-    names, scores = CELEBAMASK_HQ.class_names, {}
+    per_class, scores = summarize(matrix, CELEBAMASK_HQ)["per_class"], {}
     for name in ("hair", "neck"):
-        c = names.index(name)
-        truth, predicted = matrix[c].sum(), matrix[:, c].sum()
-        scores[f"{name}_f1"] = float(2 * matrix[c, c] / (truth + predicted)) if truth + predicted else float("nan")
-        scores[f"{name}_pixels"] = int(truth)
+        scores[f"{name}_f1"] = float(per_class[name]["f1"])
+        scores[f"{name}_pixels"] = int(matrix[CELEBAMASK_HQ.class_names.index(name)].sum())
     return scores
 
 
