@@ -74,8 +74,10 @@ def _footprint(matrix: np.ndarray, side: int, height: int, width: int) -> tuple[
 
 
 def crop_coordinates(matrix: np.ndarray, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Photo window (rows, cols) and (2, 3) photo -> crop matrix -> (h, w) float32 crop x and y of each pixel."""
-    ys, xs = np.mgrid[rows, cols].astype(np.float32)
+    """Photo window (rows, cols) and (2, 3) photo -> crop matrix -> (h, w) float32 crop x and y of each pixel.
+    Computed in float64 and rounded once, by broadcasting a row against a column (no (h, w) index grids)."""
+    xs = np.arange(cols.start, cols.stop, dtype=np.float64)
+    ys = np.arange(rows.start, rows.stop, dtype=np.float64)[:, None]
     map_x = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]).astype(np.float32)
     map_y = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]).astype(np.float32)
     return map_x, map_y
@@ -87,39 +89,43 @@ def inside_crop(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
 
 
 def _centrality(map_x: np.ndarray, map_y: np.ndarray, side: int) -> np.ndarray:
-    """(h, w) crop coordinates -> (h, w) float32: 1 at the crop's centre, 0 at its corners."""
-    half = (side - 1) / 2
-    return 1 - np.hypot(map_x - half, map_y - half) / (half * np.sqrt(2) + 1e-6)
+    """(h, w) crop coordinates -> (h, w) float32: 1 at the crop's centre, 0 at its corners, falling with the
+    squared distance relative to the crop's size (the same order as the distance itself, without a root)."""
+    half = np.float32((side - 1) / 2)
+    dx, dy = map_x - half, map_y - half
+    return 1 - (dx * dx + dy * dy) * np.float32(1 / (2 * half * half + 1e-6))
 
 
-def _channel_groups(probabilities: np.ndarray) -> list[np.ndarray]:
-    """(Nc, S, S) -> (S, S, <=4) arrays of consecutive classes: cv2.remap takes at most 4 channels.
-    cv2.merge interleaves the planes several times faster than a numpy transpose copy."""
-    planes = np.ascontiguousarray(probabilities)
-    return [cv2.merge(list(planes[c : c + 4])) for c in range(0, len(planes), 4)]
+def _remap(planes: np.ndarray, fixed: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """(Nc, S, S) float32 planes sampled bilinearly -> (Nc, h, w); outside the crop the planes count as zeros.
+    ``fixed``, ``fraction``: the (h, w) crop coordinates in OpenCV's fixed-point form (``cv2.convertMaps``,
+    CV_16SC2), converted once for all the planes."""
+    warped = np.empty((len(planes), *fraction.shape), dtype=np.float32)
+    for plane, out in zip(planes, warped, strict=True):
+        cv2.remap(plane, fixed, fraction, cv2.INTER_LINEAR, dst=out)
+    return warped
 
 
-def _remap(groups: list[np.ndarray], map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-    """``_channel_groups`` sampled bilinearly at (h, w) crop coordinates -> (Nc, h, w) probabilities."""
-    warped = [np.atleast_3d(cv2.remap(group, map_x, map_y, cv2.INTER_LINEAR)) for group in groups]
-    return np.concatenate(warped, axis=2).transpose(2, 0, 1)
-
-
-def _remap_points(groups: list[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """(n,) crop coordinates -> (Nc, n) probabilities, as ``_remap`` gives them at those points."""
-    width = 1024  # cv2.remap's maps must be narrower than 32767: lay the points out in rows
-    rows = -(-len(xs) // width)
-    map_x, map_y = (np.resize(points, rows * width).reshape(rows, width) for points in (xs, ys))
-    return _remap(groups, map_x, map_y).reshape(-1, rows * width)[:, : len(xs)]
+def _argmax(values: np.ndarray) -> np.ndarray:
+    """(Nc, n) -> (n,) uint8 index of the largest, the first on ties as np.argmax; one pass per class,
+    several times faster than np.argmax across the leading axis."""
+    best, labels = values[0].copy(), np.zeros(values.shape[1], dtype=np.uint8)
+    for c in range(1, len(values)):
+        better = values[c] > best
+        labels[better] = c
+        np.maximum(best, values[c], out=best)
+    return labels
 
 
 def _warp_back(
-    groups: list[np.ndarray], side: int, matrix: np.ndarray, rows: slice, cols: slice
+    probabilities: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A (side, side) crop's probabilities as ``_channel_groups`` -> over the photo window: (Nc, h, w)
-    probabilities, the (h, w) mask of pixels inside the crop, and their (h, w) centrality (``_centrality``)."""
+    """A (Nc, S, S) crop's probabilities -> over the photo window: (Nc, h, w) probabilities, the (h, w) mask
+    of pixels inside the crop, and their (h, w) centrality (``_centrality``)."""
+    side = probabilities.shape[-1]
     map_x, map_y = crop_coordinates(matrix, rows, cols)
-    return _remap(groups, map_x, map_y), inside_crop(map_x, map_y, side), _centrality(map_x, map_y, side)
+    warped = _remap(probabilities, *cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))
+    return warped, inside_crop(map_x, map_y, side), _centrality(map_x, map_y, side)
 
 
 # A class whose probability is above this at the four crop pixels around a sample point wins there after
@@ -129,37 +135,70 @@ _SURE = 0.501
 _UNSURE = 255
 
 
-def _sure_labels(probabilities: np.ndarray) -> np.ndarray:
-    """(Nc, S, S) -> (S, S) uint8: the class above _SURE at every pixel of the 3 x 3 window, else _UNSURE.
+def _sure_labels(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Nc, S, S) -> two (S, S) uint8 maps of the class above _SURE at every pixel of a window, else _UNSURE:
+    the 3 x 3 window around each pixel, and the 2 x 2 block to its right and below.
 
-    A sample point rounded to its nearest pixel has its four interpolation neighbours in that window (also
-    with OpenCV's sub-pixel rounding of the coordinates), so a sure pixel's class is the interpolated argmax.
+    A sample point rounded to its nearest pixel has its four interpolation neighbours in the 3 x 3 window
+    (also with OpenCV's sub-pixel rounding), and exactly those of the block at its fixed-point integer part,
+    so either map's class, where sure, is the interpolated argmax.
     """
     labels = np.full(probabilities.shape[1:], _UNSURE, dtype=np.uint8)
     for c, plane in enumerate(probabilities):
         np.copyto(labels, np.uint8(c), where=plane > _SURE)
-    window = np.ones((3, 3), dtype=np.uint8)
-    # Beyond the crop counts as unsure: there the interpolation mixes in zeros.
-    low = cv2.erode(labels, window, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
-    high = cv2.dilate(labels, window, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
-    labels[low != high] = _UNSURE
+    windows = []
+    for kernel, anchor in ((np.ones((3, 3), np.uint8), (-1, -1)), (np.ones((2, 2), np.uint8), (0, 0))):
+        # Beyond the crop counts as unsure: there the interpolation mixes in zeros.
+        low = cv2.erode(labels, kernel, anchor=anchor, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
+        high = cv2.dilate(labels, kernel, anchor=anchor, borderType=cv2.BORDER_CONSTANT, borderValue=_UNSURE)
+        windows.append(np.where(low == high, labels, np.uint8(_UNSURE)))
+    return windows[0], windows[1]
+
+
+def _interpolated_labels(planes: np.ndarray, block: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(n,) crop coordinates -> (n,) uint8 argmax of the (Nc, S, S) planes interpolated there as ``_remap``
+    does; ``block``: the 2 x 2 map of ``_sure_labels``, which decides wherever it is sure."""
+    width = 1024  # cv2's maps must be narrower than 32767: lay the points out in rows
+    count, side = len(xs), planes.shape[-1]
+
+    def rows_of(points: np.ndarray) -> np.ndarray:
+        return np.resize(points, (-(-len(points) // width), width, *points.shape[1:]))
+
+    fixed, fraction = cv2.convertMaps(rows_of(xs), rows_of(ys), cv2.CV_16SC2)
+    fixed, fraction = fixed.reshape(-1, 2)[:count], fraction.reshape(-1)[:count]
+    ix, iy = fixed[:, 0].astype(np.intp), fixed[:, 1].astype(np.intp)
+    labels = np.full(count, _UNSURE, dtype=np.uint8)
+    within = (ix >= 0) & (ix < side) & (iy >= 0) & (iy < side)
+    labels[within] = block[iy[within], ix[within]]
+    rest = labels == _UNSURE
+    if rest.any():
+        warped = _remap(planes, rows_of(fixed[rest]), rows_of(fraction[rest]))
+        labels[rest] = _argmax(warped.reshape(len(planes), -1)[:, : int(rest.sum())])
     return labels
 
 
 def _warp_labels_back(
-    groups: list[np.ndarray], sure: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice
+    probabilities: np.ndarray, sure: tuple[np.ndarray, np.ndarray], matrix: np.ndarray, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_warp_back`` for labels only: (h, w) uint8 argmax of the warped probabilities (exactly), the inside
-    mask and the centrality; ``sure`` from ``_sure_labels``. Interpolates only the pixels that are not sure."""
-    side = len(sure)
+    mask and the centrality; ``sure`` from ``_sure_labels``. Interpolates only the pixels that are not sure.
+
+    A sure pixel within one pixel of a sample point decides it, so OpenCV's nearest-pixel warp, whose
+    fixed-point rounding may pick the other neighbour at a half-way point, is exact enough.
+    """
+    window, block = sure
+    side = len(window)
     map_x, map_y = crop_coordinates(matrix, rows, cols)
     inside = inside_crop(map_x, map_y, side)
-    nearest_x = np.clip(np.rint(map_x), 0, side - 1).astype(np.intp)
-    nearest_y = np.clip(np.rint(map_y), 0, side - 1).astype(np.intp)
-    labels = sure[nearest_y, nearest_x]
+    shifted = matrix.copy()
+    shifted[:, 2] += matrix[:, :2] @ np.array([cols.start, rows.start], dtype=np.float64)
+    labels = cv2.warpAffine(
+        window, shifted, (cols.stop - cols.start, rows.stop - rows.start),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=_UNSURE,
+    )  # fmt: skip
     unsure = inside & (labels == _UNSURE)
     if unsure.any():
-        labels[unsure] = _remap_points(groups, map_x[unsure], map_y[unsure]).argmax(0)
+        labels[unsure] = _interpolated_labels(probabilities, block, map_x[unsure], map_y[unsure])
     return labels, inside, _centrality(map_x, map_y, side)
 
 
@@ -193,16 +232,18 @@ class PhotoCanvas:
             return
         rows, cols = window
         step = max(1, _STRIP_PIXELS // max(1, cols.stop - cols.start))
-        groups, side = _channel_groups(crop_probabilities), crop_probabilities.shape[-1]
-        sure = _sure_labels(crop_probabilities) if self.probabilities is None else None
+        planes = np.ascontiguousarray(crop_probabilities, dtype=np.float32)
+        sure = _sure_labels(planes) if self.probabilities is None else None
         for start in range(rows.start, rows.stop, step):
             strip = (slice(start, min(rows.stop, start + step)), cols)
             if sure is None:
-                warped, inside, centrality = _warp_back(groups, side, matrix, *strip)
+                warped, inside, centrality = _warp_back(planes, matrix, *strip)
                 labels = warped.argmax(0).astype(np.uint8)
             else:
-                labels, inside, centrality = _warp_labels_back(groups, sure, matrix, *strip)
-            claim = 2.0 * (labels > 0) + primary + 0.999 * centrality
+                labels, inside, centrality = _warp_labels_back(planes, sure, matrix, *strip)
+            claim = centrality * np.float32(0.999)
+            claim += np.float32(primary)
+            claim[labels > 0] += 2
             wins = inside & (claim > self.claim[strip])
             np.copyto(self.claim[strip], claim, where=wins)
             np.copyto(self.labels[strip], labels, where=wins)

@@ -154,14 +154,36 @@ def _crops(image: np.ndarray, boxes: torch.Tensor, size: int) -> torch.Tensor:
     for k, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
         if x1 <= x0 or y1 <= y0:
             continue  # a degenerate box stays black, which the nets score as no face
-        patch = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
         inner_x0, inner_y0, inner_x1, inner_y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if inner_x0 < inner_x1 and inner_y0 < inner_y1:
-            patch[inner_y0 - y0 : inner_y1 - y0, inner_x0 - x0 : inner_x1 - x0] = image[
-                inner_y0:inner_y1, inner_x0:inner_x1
-            ]
+        if (inner_x0, inner_y0, inner_x1, inner_y1) == (x0, y0, x1, y1):
+            patch = image[y0:y1, x0:x1]  # OpenCV reads the view in place: no copy
+        else:
+            patch = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+            if inner_x0 < inner_x1 and inner_y0 < inner_y1:
+                patch[inner_y0 - y0 : inner_y1 - y0, inner_x0 - x0 : inner_x1 - x0] = image[
+                    inner_y0:inner_y1, inner_x0:inner_x1
+                ]
         crops[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return _normalise(torch.from_numpy(crops).to(boxes.device).permute(0, 3, 1, 2).float())
+
+
+def _pyramid_crops(image: np.ndarray, levels: list[np.ndarray], boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``_crops`` of each box from the smallest pyramid level (or the photo) that still shows it at twice
+    ``size``: area averaging composes, so the crop is nearly the same, and shrinking a 250-pixel face from
+    the photo for each of some 60 candidates was most of R-Net's cost."""
+    height, width = image.shape[:2]
+    sources = [(image, 1.0, 1.0)] + [(level, level.shape[1] / width, level.shape[0] / height) for level in levels]
+    sides = (boxes[:, 2:] - boxes[:, :2]).amax(1)
+    choice = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+    for index, (_, ratio_x, ratio_y) in enumerate(sources):
+        choice[sides * min(ratio_x, ratio_y) >= 2 * size] = index
+    crops = torch.empty(len(boxes), 3, size, size, device=boxes.device)
+    for index, (source, ratio_x, ratio_y) in enumerate(sources):
+        chosen = choice == index
+        if chosen.any():
+            ratios = torch.tensor([ratio_x, ratio_y, ratio_x, ratio_y], dtype=boxes.dtype, device=boxes.device)
+            crops[chosen] = _crops(source, boxes[chosen] * ratios, size)
+    return crops
 
 
 def _suppress_nested(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -210,7 +232,9 @@ class MTCNN:
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for name, net in (("pnet.pt", self.pnet), ("rnet.pt", self.rnet), ("onet.pt", self.onet)):
             net.load_state_dict(load_checked_state_dict(Path(weights_dir) / name))
-            net.eval().to(self.device)
+            # channels_last, the layout the HWC photo tensors already have: oneDNN pools in it about 3x
+            # faster than in NCHW (R-Net on 61 crops: 12 -> 3.5 ms, one thread).
+            net.eval().to(self.device, memory_format=torch.channels_last)
 
     def _min_face(self, height: int, width: int) -> float:
         if self.min_face_size is not None:
@@ -222,9 +246,9 @@ class MTCNN:
         """(H, W, 3) uint8 RGB (or (H, W) grayscale) -> faces sorted by score, descending; [] when none."""
         image = _as_rgb(image)
         height, width = image.shape[:2]
-        boxes = self._propose(image, self._min_face(height, width))
+        boxes, levels = self._propose(image, self._min_face(height, width))
         if len(boxes):
-            boxes = self._refine(image, boxes)
+            boxes = self._refine(image, levels, boxes)
         if not len(boxes):
             return []
         boxes, scores, landmarks = self._output(image, boxes)
@@ -235,15 +259,19 @@ class MTCNN:
             for b, p, s in zip(boxes.cpu().numpy(), landmarks.cpu().numpy(), scores.cpu().numpy(), strict=True)
         ]
 
-    def _propose(self, image: np.ndarray, min_face: float) -> torch.Tensor:
-        """Stage 1: P-Net over an image pyramid -> (K, 4) square candidate boxes."""
+    def _propose(self, image: np.ndarray, min_face: float) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Stage 1: P-Net over an image pyramid -> (K, 4) square candidate boxes, and the pyramid's levels
+        (largest first)."""
         height, width = image.shape[:2]
         # A 12 px window at scale s sees a face of 12 / s px: start where that is min_face, stop at 12 px images.
         scale = 12.0 / min_face
-        candidates, scores = [], []
+        candidates, scores, levels = [], [], [image, image]
         while min(height, width) * scale >= 12:
             size = (max(12, round(width * scale)), max(12, round(height * scale)))
-            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            # From the level two steps up (about twice the size) rather than the photo: area averaging
+            # composes, so this is nearly the same image for a fraction of the photo's pixels read.
+            resized = cv2.resize(levels[-2], size, interpolation=cv2.INTER_AREA)
+            levels.append(resized)
             tensor = _normalise(torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float())
             probability, offsets = self.pnet(tensor)
             rows, cols = torch.nonzero(probability[0] >= self.thresholds[0], as_tuple=True)
@@ -257,14 +285,14 @@ class MTCNN:
             scores.append(window_scores[keep])
             scale *= PYRAMID_FACTOR
         if not candidates:
-            return torch.zeros(0, 4, device=self.device)
+            return torch.zeros(0, 4, device=self.device), []
         boxes, box_scores = torch.cat(candidates), torch.cat(scores)
         keep = nms(boxes, box_scores, 0.7)
-        return _square(boxes[keep])
+        return _square(boxes[keep]), levels[2:]
 
-    def _refine(self, image: np.ndarray, boxes: torch.Tensor) -> torch.Tensor:
+    def _refine(self, image: np.ndarray, levels: list[np.ndarray], boxes: torch.Tensor) -> torch.Tensor:
         """Stage 2: R-Net on 24x24 crops -> fewer, better (K, 4) square boxes."""
-        probability, offsets = self.rnet(_crops(image, boxes, 24))
+        probability, offsets = self.rnet(_pyramid_crops(image, levels, boxes, 24))
         passed = probability > self.thresholds[1]
         boxes, probability, offsets = boxes[passed], probability[passed], offsets[passed]
         keep = nms(boxes, probability, 0.7)
