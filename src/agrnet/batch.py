@@ -292,9 +292,11 @@ def _in_use(path: Path) -> bool:
         return False
 
 
-def merge_results(out: Path) -> Any:
+def merge_results(out: Path, columns: list[str] | None = None) -> Any:
     """Fold the parts and finished journals into ``OUT/results.parquet`` (latest row per input path)
-    and return it; journals that other processes are still writing are left for a later merge."""
+    and return it; journals that other processes are still writing are left for a later merge.
+    ``columns``: when there is nothing to fold in, read only these (a rerun over a million done photos
+    needs the status and output columns, not every face's landmarks)."""
     import pyarrow.parquet as pq
 
     state = out / STATE
@@ -302,25 +304,26 @@ def merge_results(out: Path) -> Any:
     with open(state / "merge.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = out / RESULTS
-        tables = [pq.read_table(results).cast(schema())] if results.exists() else []
-        merged, live = [], False
+        live, pending = False, []
         for path in sorted((state / "parts").iterdir()):
-            if path.suffix == ".parquet":
-                tables.append(pq.read_table(path))
-            elif path.suffix == ".jsonl" and not (live := live or _in_use(path)):
-                tables.append(_read_journal(path))
-            else:
-                continue
-            merged.append(path)
-        table = _latest_per_path(tables)
-        if merged:
+            if path.suffix == ".parquet" or (path.suffix == ".jsonl" and not (live := live or _in_use(path))):
+                pending.append(path)
+        if not pending:
+            table = schema().empty_table()
+            if results.exists():
+                table = pq.read_table(results, columns=columns)
+                table = table.cast(schema()) if columns is None else table
+        else:
+            tables = [pq.read_table(results).cast(schema())] if results.exists() else []
+            tables += [pq.read_table(p) if p.suffix == ".parquet" else _read_journal(p) for p in pending]
+            table = _latest_per_path(tables)
             _write_table(table, results)
-            for path in merged:
+            for path in pending:
                 path.unlink()
         if not live:  # no writer is running: what is left in tmp/ belongs to killed processes
             for path in (state / "tmp").glob(".agrnet-*.tmp"):
                 path.unlink(missing_ok=True)
-    return table
+    return table if columns is None else table.select(columns)
 
 
 def _latest_per_path(tables: list[Any]) -> Any:
@@ -497,7 +500,7 @@ def predict_tree(
     for folder in (attempts, Path(settings.tmp_dir)):
         folder.mkdir(parents=True, exist_ok=True)
     mine = tasks[shard[0] :: shard[1]]
-    done = done_keys(merge_results(out))
+    done = done_keys(merge_results(out, columns=["status", "output"]))
     todo = [task for task in mine if printable(task.key) not in done]
     report = BatchReport(out, listed=len(mine), done_before=len(mine) - len(todo), shard=shard)
     print(f"{len(mine)} inputs: {report.done_before} done before, {len(todo)} to do", flush=True)
@@ -522,5 +525,5 @@ def predict_tree(
     finally:
         bar.close()
         writer.cut()
-    report.table_rows = len(merge_results(out))
+    report.table_rows = len(merge_results(out, columns=["path"]))
     return report
