@@ -265,12 +265,13 @@ class MTCNN:
         height, width = image.shape[:2]
         # A 12 px window at scale s sees a face of 12 / s px: start where that is min_face, stop at 12 px images.
         scale = 12.0 / min_face
-        candidates, scores, levels = [], [], [image, image]
+        candidates, scores, levels = [], [], []
         while min(height, width) * scale >= 12:
             size = (max(12, round(width * scale)), max(12, round(height * scale)))
             # From the level two steps up (about twice the size) rather than the photo: area averaging
             # composes, so this is nearly the same image for a fraction of the photo's pixels read.
-            resized = cv2.resize(levels[-2], size, interpolation=cv2.INTER_AREA)
+            source = levels[-2] if len(levels) >= 2 else image
+            resized = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
             levels.append(resized)
             tensor = _normalise(torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float())
             probability, offsets = self.pnet(tensor)
@@ -288,7 +289,7 @@ class MTCNN:
             return torch.zeros(0, 4, device=self.device), []
         boxes, box_scores = torch.cat(candidates), torch.cat(scores)
         keep = nms(boxes, box_scores, 0.7)
-        return _square(boxes[keep]), levels[2:]
+        return _square(boxes[keep]), levels
 
     def _refine(self, image: np.ndarray, levels: list[np.ndarray], boxes: torch.Tensor) -> torch.Tensor:
         """Stage 2: R-Net on 24x24 crops -> fewer, better (K, 4) square boxes."""
