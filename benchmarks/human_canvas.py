@@ -27,20 +27,30 @@ CCP = Path(__file__).parents[2] / "shared" / "data" / "ccp"
 CANVASES = ((384, 256), (352, 240), (320, 224), (288, 192))
 
 
+def parse_canvases(text: str) -> tuple[tuple[int, int], ...]:
+    """"384x256,448x304" -> ((384, 256), (448, 304)), height by width."""
+    try:
+        return tuple((int(h), int(w)) for h, w in (item.split("x") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"canvases look like 384x256,448x304, not {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10 photos")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--canvases", type=parse_canvases, default=CANVASES, help="e.g. 384x256,448x304")
     args = parser.parse_args()
+    canvases: tuple[tuple[int, int], ...] = args.canvases
     if not CCP.is_dir():
         raise SystemExit(f"needs the CCP photos at {CCP}")
     torch.set_num_threads(args.threads)
-    photos = open_split("folder", CCP, args.split, CANVASES[0], classes="ccp")
+    photos = open_split("folder", CCP, args.split, canvases[0], classes="ccp")
     count = 10 if args.quick else len(photos)
-    parsers = {size: Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=size) for size in CANVASES}
-    matrices = {size: ConfusionMatrix(photos.spec.num_classes) for size in CANVASES}
-    times: dict[tuple[int, int], list[float]] = {size: [] for size in CANVASES}
+    parsers = {size: Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=size) for size in canvases}
+    matrices = {size: ConfusionMatrix(photos.spec.num_classes) for size in canvases}
+    times: dict[tuple[int, int], list[float]] = {size: [] for size in canvases}
     for index in range(count):
         image, labels = photos.load(index)
         for size, model in parsers.items():
@@ -49,7 +59,7 @@ def main() -> None:
             times[size].append(time.perf_counter() - start)
             matrices[size].update(torch.from_numpy(predicted), torch.from_numpy(labels))
     rows = []
-    for size in CANVASES:
+    for size in canvases:
         summary = summarize(matrices[size].matrix, photos.spec)
         rows.append({
             "canvas": f"{size[0]}x{size[1]}", "mean_iou": round(100 * summary["mean_iou"], 2),
