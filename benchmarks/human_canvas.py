@@ -28,7 +28,7 @@ CANVASES = ((384, 256), (352, 240), (320, 224), (288, 192))
 
 
 def parse_canvases(text: str) -> tuple[tuple[int, int], ...]:
-    """"384x256,448x304" -> ((384, 256), (448, 304)), height by width."""
+    """Parse "384x256,448x304" into ((384, 256), (448, 304)), height by width."""
     try:
         return tuple((int(h), int(w)) for h, w in (item.split("x") for item in text.split(",")))
     except ValueError:
