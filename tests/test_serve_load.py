@@ -9,6 +9,7 @@ and small requests answered while a 4000x4000 upload is parsed, with the server'
 
 from __future__ import annotations
 
+import http.client
 import io
 import select
 import socket
@@ -88,6 +89,23 @@ def _raw_exchange(address: tuple[str, int], chunks: list[bytes], pause_s: float 
 def _status(answer: bytes) -> int:
     assert answer.startswith(b"HTTP/1.1 "), answer[:80]
     return int(answer[9:12])
+
+
+def test_an_idle_kept_alive_connection_is_closed_silently_not_with_a_408(address: tuple[str, int]) -> None:
+    # A 408 written to an idle connection would be read as the answer to the client's next request on it.
+    connection = http.client.HTTPConnection(*address, timeout=5)
+    try:
+        for pause_s in (0.0, LIMITS.header_timeout_s + 0.3):  # past the head deadline, within keep-alive
+            time.sleep(pause_s)
+            connection.request("GET", "/healthz")
+            answer = connection.getresponse()
+            assert answer.status == 200, answer.read()[:200]
+            answer.read()
+        assert connection.sock is not None
+        time.sleep(LIMITS.keep_alive_s + 0.5)
+        assert connection.sock.recv(4096) == b""  # closed after keep_alive_s, no unsolicited answer
+    finally:
+        connection.close()
 
 
 def test_slow_loris_heads_and_bodies_are_cut_off(address: tuple[str, int]) -> None:

@@ -486,7 +486,11 @@ class GuardedH11Protocol(H11Protocol):
 
     uvicorn arms no timer until a first response has been sent, and a partial request cancels its
     keep-alive timer, so without this a client sending its headers byte by byte holds the
-    connection forever. ``make_server`` sets ``header_timeout_s`` on a subclass.
+    connection forever. The deadline runs from the connection's start, then from the first byte of
+    each further request: an idle kept-alive connection is left to uvicorn's keep-alive timer, which
+    closes it silently. (A 408 written to an idle connection races with a client reusing it, which
+    then reads the 408 as the answer to its next request.) ``make_server`` sets ``header_timeout_s``
+    on a subclass.
     """
 
     header_timeout_s = 10.0
@@ -509,14 +513,17 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering.lingering:
             return  # the answer has been sent; what the client still sends is dropped
+        if data and self._header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline()  # the first bytes of a further request on a kept-alive connection
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # a whole request head has arrived
             self._disarm_header_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm_header_deadline()  # the next request on this connection gets its own deadline
+        early = self.conn.trailing_data[0]  # part of the next request, pipelined before this answer ended
+        if early and not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
