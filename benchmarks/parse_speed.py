@@ -5,7 +5,8 @@ its training canvas) and the same weights at a 256 and a 512 canvas (``size=``),
 (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
 512x512; the shipped model on a ~1-megapixel photo with one face through face detection, alignment and
 paste-back, with its wide second view (the default ``face_zoom``) and without (``face_zoom=1``); and the
-shipped human parser on a 550 x 830 street photo (a person standing), whole. Two rows repeat the
+shipped human parser on a 550 x 830 street photo (a person standing), whole, at its own canvas and at
+384 x 256 (``size=``). Two rows repeat the
 aligned face and the person with the labels taken from the full bilinear interpolation of every class
 (``unletterbox`` then argmax: the path before ``unletterbox_labels``), to show what the border-only
 interpolation saves. Two rows time the face network alone on its canvas: as trained (BatchNorm layers,
@@ -74,6 +75,7 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     one_view.face_zoom = 1.0
     at_256, at_512 = Parser.from_pretrained(device="cpu", size=256), Parser.from_pretrained(device="cpu", size=512)
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
+    human_small = Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=(384, 256))
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
     resnet18 = Parser(CELEBAMASK_HQ, 512, model=resnet)
     face, person = sample_images()
@@ -93,7 +95,8 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
             network_only(shipped.model, canvas.contiguous(memory_format=torch.channels_last)),
             side,
         ),
-        "human parser (384x256 canvas)": (lambda: human.predict(person), "550x830 photo"),
+        f"human parser ({human.size[0]}x{human.size[1]} canvas)": (lambda: human.predict(person), "550x830 photo"),
+        "human parser, size=(384, 256)": (lambda: human_small.predict(person), "550x830 photo"),
         "human parser, full interpolation": (lambda: full_interpolation(human, person), "550x830 photo"),
     }
 
