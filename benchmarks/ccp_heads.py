@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from wild_faces import MERGED_SKIN, crop_footprints
 
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
 from agrnet.inference import Parser
 from common import RESULTS, write_result
+from wild_faces import MERGED_SKIN, crop_footprints
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
 REGIONS = ("crop", "ring", "beyond")

@@ -1,9 +1,9 @@
 """Question: what does a smaller canvas trade for speed with the shipped human parser?
 
-The same weights (``Parser.from_pretrained("agrnet_mbv2_ccp", size=...)``) on their 512 x 352 training canvas
-and on smaller tall canvases (``--canvases``), each scored on the CCP photos of one split at their own size (mean IoU with
-background, mean F1 without), and timed on the same photos (fp32, batch 1, median of per-photo times,
-canvases interleaved photo by photo so that machine noise hits all alike). A canvas is chosen on val
+The same weights (``Parser.from_pretrained("agrnet_mbv2_ccp", size=...)``) on their 512 x 352 training
+canvas and on smaller tall canvases (``--canvases``), each scored on the CCP photos of one split at their own
+size (mean IoU with background, mean F1 without), and timed on the same photos (fp32, batch 1, median of
+per-photo times, canvases interleaved photo by photo so that machine noise hits all alike). A canvas is chosen on val
 (the default split); ``--split test`` then reports the choice once. Writes
 benchmarks/results/human_canvas_<split>[_quick]_cpu.json and .md.
 """
