@@ -13,7 +13,6 @@ benchmarks/results/wide_views_<split>_<surround>.json and .md.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
 from agrnet.detection.align import PhotoCanvas, align_face
+from agrnet.detection.mtcnn import Face
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, summarize
 from common import RESULTS, machine, write_result
@@ -40,10 +40,10 @@ SETTINGS: dict[str, tuple[View, ...]] = {
 REPORTED = ("skin", "hair", "neck", "cloth")
 
 
-def parse_views(photo: np.ndarray, parsers: dict[int, Parser], views: tuple[View, ...]) -> np.ndarray:
-    """(H, W, 3) photo -> (H, W) uint8 labels from every detected face in every view."""
-    any_parser = next(iter(parsers.values()))
-    faces = any_parser.detector.detect(photo)
+def parse_views(
+    photo: np.ndarray, faces: list[Face], parsers: dict[int, Parser], views: tuple[View, ...]
+) -> np.ndarray:
+    """(H, W, 3) photo and its detected faces -> (H, W) uint8 labels from every face in every view."""
     canvas = PhotoCanvas(*photo.shape[:2], CELEBAMASK_HQ.num_classes, probabilities=False)
     for index, (scale, side) in enumerate(views):
         aligned = [align_face(photo, face.landmarks, scale, side) for face in faces]
@@ -71,12 +71,16 @@ def main() -> None:
     dataset.samples = dataset.samples[: opts.limit]
     rng = np.random.default_rng(opts.seed)
     photos = [wild_photo(*dataset.load(i), rng, opts.surround) for i in range(len(dataset))]
+    # Detection does not depend on the views: once per photo, shared by every setting.
+    detector = parsers[sides[0]].detector
+    faces = [detector.detect(photo) for photo, _, _ in tqdm(photos, desc="detection", unit="img")]
 
     rows = []
     for setting, views in SETTINGS.items():
         matrices = {region: ConfusionMatrix(CELEBAMASK_HQ.num_classes) for region in ("all", "photo", "surround")}
-        for photo, labels, footprint in tqdm(photos, desc=setting[:30], unit="img"):
-            predicted, truth = torch.from_numpy(parse_views(photo, parsers, views)), torch.from_numpy(labels)
+        pairs = zip(photos, faces, strict=True)
+        for (photo, labels, footprint), found in tqdm(pairs, desc=setting[:30], total=len(photos)):
+            predicted, truth = torch.from_numpy(parse_views(photo, found, parsers, views)), torch.from_numpy(labels)
             inside = torch.from_numpy(footprint)
             matrices["all"].update(predicted, truth)
             matrices["photo"].update(predicted[inside], truth[inside])
@@ -96,7 +100,7 @@ def main() -> None:
     write_result(name, {"split": opts.split, "photos": len(photos), "surround": opts.surround, "seed": opts.seed,
                         "machine": machine(), "rows": rows})  # fmt: skip
     (RESULTS / f"{name}.md").write_text(table(rows, opts.split, len(photos), opts.surround))
-    print(f"wrote {Path(RESULTS) / name}.json and .md")
+    print(f"wrote {RESULTS / name}.json and .md")
 
 
 def table(rows: list[dict], split: str, count: int, surround: str) -> str:
