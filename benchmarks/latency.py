@@ -44,17 +44,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="CI-sized: ResNet-18 at 128, seconds")
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU sweep (a GPU machine's time is short)")
+    parser.add_argument("--no-compile", action="store_true", help="skip amp+compile (a compile per row: minutes)")
     args = parser.parse_args()
     backbones = ["resnet18"] if args.quick else ["resnet18", "resnet50", "resnet101"]
     sizes = [128] if args.quick else [256, 473, 512]
     batches = [1] if args.quick else [1, 8]
     warmup, repeats = (1, 3) if args.quick else (2, 5)
     rows = []
-    devices = [torch.device("cpu")]
+    if args.gpu_only and not torch.cuda.is_available():
+        parser.error("--gpu-only needs a CUDA device")
+    devices = [] if args.gpu_only else [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
     for device in devices:
-        modes = ["fp32"] if device.type == "cpu" else ["fp32", "amp", "amp+compile"]
+        modes = ["fp32"] if device.type == "cpu" else ["fp32", "amp"] + ([] if args.no_compile else ["amp+compile"])
         for backbone in backbones:
             for size in sizes:
                 for batch in batches:
@@ -75,7 +79,9 @@ def main() -> None:
                         )
                         print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
     print(table(rows, list(rows[0])))
-    path = write_result(result_name("latency", args.quick), {"rows": rows})
+    path = write_result(
+        result_name("latency", args.quick, torch.device("cuda") if args.gpu_only else None), {"rows": rows}
+    )
     print(f"wrote {path}")
 
 
