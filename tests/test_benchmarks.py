@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
         ("module_overhead.py", "module_overhead_quick_cpu.json"),
         ("train_step.py", "train_step_quick_cpu.json"),
         ("eval_throughput.py", "eval_throughput_quick_cpu.json"),
+        ("gpu_parse.py", "gpu_parse_quick_cpu.json"),
     ],
 )
 def test_quick_benchmark(script: str, result: str, tmp_path: Path) -> None:
