@@ -15,22 +15,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-import cv2
-import numpy as np
 import torch
-from skimage import data
 
 from agrnet.data.transforms import canvas_hw
 from agrnet.inference import Parser
 from agrnet.pretrained import HUMAN_PARSER
 from common import median_time, result_name, table, write_result
-
-
-def sample_images() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 512 x 512 face, a person at a CCP photo's 550 x 830, and a 1-megapixel photo with one face."""
-    photo = data.astronaut()
-    face = cv2.resize(photo[40:200, 150:310], (512, 512))
-    return face, cv2.resize(photo, (550, 830)), cv2.resize(photo, (1155, 866))
+from parse_speed import one_megapixel_photo, sample_images
 
 
 def network(parser: Parser, batch: int, amp: bool) -> Callable[[], object]:
@@ -61,7 +52,7 @@ def main() -> None:
     repeats, mid, big = (1, 2, 2) if args.quick else (30, 32, 128)
     face_parser = Parser.from_pretrained(device=args.device)
     human = Parser.from_pretrained(HUMAN_PARSER, device=args.device)
-    face, person, photo = sample_images()
+    (face, person), photo = sample_images(), one_megapixel_photo()
     faces = [face] * (4 if args.quick else 256)
     cases = [
         ("face parser, predict", "512x512 face", 1, lambda: face_parser.predict(face)),

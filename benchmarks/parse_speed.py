@@ -60,6 +60,11 @@ def sample_images() -> tuple[np.ndarray, np.ndarray]:
     return cv2.resize(data.astronaut()[40:200, 150:310], (512, 512)), cv2.resize(data.astronaut(), (550, 830))
 
 
+def one_megapixel_photo() -> np.ndarray:
+    """The astronaut at 1155 x 866 (1.0 megapixel), one face: the photo of the ``detect_faces`` rows."""
+    return cv2.resize(data.astronaut(), (1155, 866))
+
+
 def network_only(model: torch.nn.Module, canvas: torch.Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.inference_mode():
@@ -79,7 +84,7 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
     resnet18 = Parser(CELEBAMASK_HQ, 512, model=resnet)
     face, person = sample_images()
-    photo = cv2.resize(data.astronaut(), (1155, 866))  # 1.0 megapixel, one face
+    photo = one_megapixel_photo()
     canvas = to_tensor(warp_pair(face, None, shipped.size)[0])[None]
     side = f"{shipped.size[0]}x{shipped.size[1]} canvas"
     return {
