@@ -80,6 +80,9 @@ def train(args: argparse.Namespace, out: Path, logs: Path) -> None:
     iterations = max(SNAPSHOTS, fit // SNAPSHOTS * SNAPSHOTS)
     (logs / "plan.txt").write_text(f"probe {speed:.1f} images/s -> {iterations} iterations of {args.batch_size}\n")
     run_dir = Path("/tmp/agrnet_ccp_gpu")
+    # Cleared here, not only by --overwrite: the watcher below would pack an earlier run's last.pt before the
+    # trainer starts and clears the folder itself.
+    shutil.rmtree(run_dir, ignore_errors=True)
     every = iterations // SNAPSHOTS
     command = agrnet("train", "--config", "ccp", "--overwrite", *recipe, f"iterations={iterations}",
                      f"checkpoint_every={every}", f"val_every={iterations}", f"out_dir={run_dir}")  # fmt: skip
@@ -134,20 +137,21 @@ def main() -> None:
     os.environ["AGRNET_BENCH_RESULTS"] = str(logs)
     bench = Path(__file__).parent
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+    def benchmark(name: str, seconds: float, *flags: str) -> None:
+        if not args.skip_bench:
+            command = [sys.executable, str(bench / f"{name}.py"), *flags]
+            print(f"{name}: exit {run_step(command, seconds, logs, name)}", flush=True)
+            bundle(logs, args.out)
+
     # The parsers' figures first (a minute), then training, then the slower sweeps: a lease cut short
     # still returns the figures users ask for first.
-    benchmark = {
-        "gpu_parse": ([sys.executable, str(bench / "gpu_parse.py")], 90),
-        "train_step": ([sys.executable, str(bench / "train_step.py"), "--device", "cuda"], 80),
-        "latency": ([sys.executable, str(bench / "latency.py"), "--gpu-only", "--no-compile"], 100),
-    }
-    for name in ["gpu_parse", "train", "train_step", "latency"]:
-        if name == "train" and not args.skip_train:
-            train(args, args.out, logs)
-        elif name != "train" and not args.skip_bench:
-            command, seconds = benchmark[name]
-            print(f"{name}: exit {run_step(command, seconds, logs, name)}", flush=True)
+    benchmark("gpu_parse", 90)
+    if not args.skip_train:
+        train(args, args.out, logs)
         bundle(logs, args.out)
+    benchmark("train_step", 80, "--device", "cuda")
+    benchmark("latency", 100, "--gpu-only", "--no-compile")
 
 
 if __name__ == "__main__":
