@@ -1,17 +1,16 @@
 """Question: how long does parsing one photo take on the CPU (fp32, batch 1), end to end?
 
 Side by side, in interleaved rounds of one run: the shipped model (``Parser.from_pretrained()``,
-its training canvas) and the same weights at a 256 and a 512 canvas (``size=``), against the ResNet-18 AGRNet default
-(C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face to a label map at
-512x512; the shipped model on a ~1-megapixel photo with one face through face detection, alignment and
-paste-back, with its wide second view (the default ``face_zoom``) and without (``face_zoom=1``); and the
-shipped human parser on a 550 x 830 street photo (a person standing), whole, at its own canvas and at
-384 x 256 (``size=``). Two rows repeat the
-aligned face and the person with the labels taken from the full bilinear interpolation of every class
-(``unletterbox`` then argmax: the path before ``unletterbox_labels``), to show what the border-only
-interpolation saves. Two rows time the face network alone on its canvas: as trained (BatchNorm layers,
-NCHW) and as ``Parser`` runs it (BatchNorm folded into the convolutions, channels_last). Writes
-benchmarks/results/parse_speed[_quick]_cpu.json.
+its training canvas) and the same weights at the other two of 256, 384 and 512 (``size=``), against the
+ResNet-18 AGRNet default (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face
+to a label map at 512x512; the shipped model on a ~1-megapixel photo with one face through face detection,
+alignment and paste-back, with its wide second view (the default ``face_zoom``) and without
+(``face_zoom=1``); and the shipped human parser on a 550 x 830 street photo (a person standing), whole, at
+its own canvas and at 384 x 256 (``size=``). Two rows repeat the aligned face and the person with the
+labels taken from the full bilinear interpolation of every class (``unletterbox`` then argmax: the path
+before ``unletterbox_labels``), to show what the border-only interpolation saves. Two rows time the face
+network alone on its canvas: as trained (BatchNorm layers, NCHW) and as ``Parser`` runs it (BatchNorm
+folded into the convolutions, channels_last). Writes benchmarks/results/parse_speed[_quick]_cpu.json.
 """
 
 from __future__ import annotations
@@ -78,7 +77,8 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     as_trained = load_pretrained()[0].eval()
     one_view = Parser.from_pretrained(device="cpu")
     one_view.face_zoom = 1.0
-    at_256, at_512 = Parser.from_pretrained(device="cpu", size=256), Parser.from_pretrained(device="cpu", size=512)
+    # The same weights on the two other usual canvases: whichever of 256, 384 and 512 it was not trained at.
+    other_sizes = {s: Parser.from_pretrained(device="cpu", size=s) for s in (256, 384, 512) if s != shipped.size[0]}
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
     human_small = Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=(384, 256))
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
@@ -90,8 +90,7 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     return {
         f"shipped (MobileNetV2, its {shipped.size[0]} canvas)": (lambda: shipped.predict(face), "512x512 face"),
         "shipped, full interpolation": (lambda: full_interpolation(shipped, face), "512x512 face"),
-        "shipped, size=256": (lambda: at_256.predict(face), "512x512 face"),
-        "shipped, size=512": (lambda: at_512.predict(face), "512x512 face"),
+        **{f"shipped, size={s}": ((lambda p=p: p.predict(face)), "512x512 face") for s, p in other_sizes.items()},
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
         "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
