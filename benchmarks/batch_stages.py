@@ -33,9 +33,9 @@ from agrnet.detection.mtcnn import MTCNN
 from agrnet.devices import set_threads
 from agrnet.inference import Parser
 from agrnet.predict import Settings
-from common import RESULTS, machine, result_name, write_result
+from common import CELEBAMASK_MINI, RESULTS, machine, result_name, write_result
 
-PHOTOS = Path(__file__).parents[2] / "shared" / "data" / "celebamask-mini" / "test" / "images"
+PHOTOS = CELEBAMASK_MINI / "test" / "images"
 STAGES = ("load model", "decode", "detection", "parsing network", "align + paste-back", "write outputs", "rest")
 
 

@@ -23,9 +23,9 @@ import torch
 
 from agrnet.data.datasets import load_image
 from agrnet.inference import Parser
-from common import RESULTS, result_name, table, write_result
+from common import CELEBAMASK_MINI, RESULTS, result_name, table, write_result
 
-PHOTOS = Path(__file__).parents[2] / "shared" / "data" / "celebamask-mini" / "test" / "images"
+PHOTOS = CELEBAMASK_MINI / "test" / "images"
 
 
 def _model_only(photos: list[Path], detect_faces: bool) -> float:

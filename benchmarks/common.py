@@ -14,6 +14,8 @@ import torch
 
 # Committed results live here; tests point AGRNET_BENCH_RESULTS elsewhere.
 RESULTS = Path(os.environ.get("AGRNET_BENCH_RESULTS", Path(__file__).parent / "results"))
+# The real faces beside the checkout (../shared/data), the default --data of the scripts that score on them.
+CELEBAMASK_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
 
 
 def machine() -> dict[str, object]:

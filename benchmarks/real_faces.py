@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -22,9 +21,7 @@ from agrnet.evaluate import evaluate_dataset
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, format_results, summarize
 from agrnet.pretrained import load_pretrained
-from common import RESULTS, write_result
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
+from common import CELEBAMASK_MINI, RESULTS, write_result
 
 
 def score_detected(parser: Parser, dataset: ParsingDataset) -> tuple[dict, int]:
@@ -43,7 +40,7 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--checkpoint", help="a training checkpoint (default: the shipped model)")
     args.add_argument("--name", default="shipped")
-    args.add_argument("--data", default=str(SHARED))
+    args.add_argument("--data", default=str(CELEBAMASK_MINI))
     args.add_argument("--splits", nargs="+", default=["val", "test"])
     args.add_argument("--flip", action="store_true", help="also score with flip test-time augmentation")
     args.add_argument("--detect-faces", action="store_true", help="also score test photos through detection")

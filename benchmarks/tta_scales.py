@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,9 +24,7 @@ from agrnet.evaluate import flip_permutation
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.pretrained import load_pretrained
-from common import RESULTS, write_result
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
+from common import CELEBAMASK_MINI, RESULTS, write_result
 
 
 @torch.inference_mode()
@@ -56,7 +53,7 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--checkpoint", help="a training checkpoint (default: the shipped model)")
     args.add_argument("--name", default="")
-    args.add_argument("--data", default=str(SHARED))
+    args.add_argument("--data", default=str(CELEBAMASK_MINI))
     args.add_argument("--split", default="val", choices=["val", "test"])
     args.add_argument("--sizes", type=int, nargs="+", default=[320, 384, 448])
     args.add_argument("--limit", type=int, default=0, help="score only the first N images")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,9 +33,8 @@ from agrnet.data.transforms import canvas_hw
 from agrnet.detection.align import alignment_matrix, crop_coordinates, inside_crop
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix, summarize
-from common import RESULTS, write_result
+from common import CELEBAMASK_MINI, RESULTS, write_result
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "celebamask-mini"
 REPORTED = ("skin", "hair", "neck", "cloth")
 FACE_PARTS = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip",
               "l_lip")  # fmt: skip
@@ -108,7 +106,7 @@ def crop_footprints(parser: Parser, photo: np.ndarray, zooms: list[float]) -> li
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
-    args.add_argument("--data", default=str(SHARED))
+    args.add_argument("--data", default=str(CELEBAMASK_MINI))
     args.add_argument("--split", default="val", choices=["val", "test"])
     args.add_argument("--limit", type=int, default=200, help="photos (the first N of the split)")
     args.add_argument("--zooms", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0],
