@@ -17,6 +17,7 @@ import torch
 from agrnet.build import ModelConfig, build_agrnet
 from agrnet.data.datasets import open_split
 from agrnet.data.synth import generate
+from agrnet.data.transforms import canvas_hw
 from agrnet.evaluate import _collate, _OriginalResolution, evaluate_dataset, predict_logits
 from common import result_name, sync, table, write_result
 
@@ -40,11 +41,10 @@ def main() -> None:
             generate(root, num * 10, 512 if not args.quick else 160, progress=False)
         dataset = open_split(args.kind, root, args.split, size)
         model = build_agrnet(ModelConfig(backbone=backbone, num_classes=dataset.spec.num_classes)).eval().to(device)
-        loader = torch.utils.data.DataLoader(
-            _OriginalResolution(dataset), batch_size=batch, num_workers=args.workers, collate_fn=_collate
-        )
+        samples = _OriginalResolution(dataset, [canvas_hw(size)])
+        loader = torch.utils.data.DataLoader(samples, batch_size=batch, num_workers=args.workers, collate_fn=_collate)
         start = time.perf_counter()
-        batches = [images for images, _, _ in loader]
+        batches = [images for (images,), _, _ in loader]
         loader_s = time.perf_counter() - start
         predict_logits(model, batches[0].to(device))  # warm-up
         start = time.perf_counter()

@@ -115,7 +115,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = open_split(kind, args.data or data.root, args.split, data.canvas, classes=data.classes)
     summary, matrix = evaluate_dataset(
         model.to(device), dataset, device, flip=args.flip, label_lut=lut, model_spec=model_spec,
-        batch_size=args.batch_size, workers=args.workers,
+        batch_size=args.batch_size, workers=args.workers, scales=args.scales,
     )  # fmt: skip
     skipped = summary["skipped"]
     if summary["images"] == 0:
@@ -125,8 +125,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     helen = merged_f1(matrix, HELEN_GROUPS) if kind in ("helen", "lapa", "synthetic") else None
     result = {"checkpoint": args.checkpoint, "data": str(dataset.samples[0].image.parents[2]), "split": args.split,
-              "flip": args.flip, "label_map": args.label_map, "summary": summary, "helen_groups": helen,
-              "confusion_matrix": matrix.tolist()}  # fmt: skip
+              "flip": args.flip, "scales": args.scales, "label_map": args.label_map, "summary": summary,
+              "helen_groups": helen, "confusion_matrix": matrix.tolist()}  # fmt: skip
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
     print(format_results(summary, dataset.spec, helen))
@@ -170,6 +170,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", help="dataset kind (default: the checkpoint's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    _add_scales(p)
     p.add_argument("--label-map", help="cross-dataset evaluation, e.g. celebamask_hq_to_helen")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_at_least(1), default=4)
@@ -223,16 +224,36 @@ def _split_checkpoint(positionals: list[str]) -> tuple[str | None, list[str]]:
     return None, positionals
 
 
-def _load_parser(checkpoint: str | None, device: str, model: str | None = None) -> Parser:
+def _load_parser(
+    checkpoint: str | None, device: str, model: str | None = None, scales: tuple[float, ...] = (1.0,)
+) -> Parser:
     """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both."""
     from agrnet.inference import Parser
 
     _check_one_model(checkpoint, model)
     if checkpoint is None:
-        return Parser.from_pretrained(model, device=device)
+        return Parser.from_pretrained(model, device=device, scales=scales)
     if checkpoint.endswith(".onnx"):
+        if scales != (1.0,):
+            raise ValueError(f"--scales needs a PyTorch checkpoint or shipped model: {checkpoint} has a fixed canvas")
         return Parser.from_onnx(checkpoint)
-    return Parser.from_checkpoint(checkpoint, device=device)
+    return Parser.from_checkpoint(checkpoint, device=device, scales=scales)
+
+
+def _add_scales(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scales", type=_scale, nargs="+", default=(1.0,), metavar="F",
+                   help="multi-scale test-time augmentation: canvas size factors whose class probabilities are "
+                   "averaged, e.g. 0.833 1 1.167 (about 3x the time; default: 1, the canvas alone)")  # fmt: skip
+
+
+def _scale(text: str) -> float:
+    """An argparse type: a canvas size factor from agrnet.tta's MIN_SCALE to MAX_SCALE."""
+    from agrnet.tta import MAX_SCALE, MIN_SCALE
+
+    value = _positive_number(text)
+    if not MIN_SCALE <= value <= MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SCALE} to {MAX_SCALE}, got {text}")
+    return value
 
 
 def _check_one_model(checkpoint: str | None, model: str | None) -> None:
@@ -292,14 +313,14 @@ def _predict(args: argparse.Namespace) -> int:
     if args.threads:
         set_threads(args.threads)
     if not (scale or args.layout == "tree"):
-        parser = _load_parser(checkpoint, args.device, args.model)
+        parser = _load_parser(checkpoint, args.device, args.model, tuple(args.scales))
         report = predict_paths(parser, inputs, args.out, args.detect_faces, args.flip, args.max_pixels, outputs,
                                args.batch_size)  # fmt: skip
         print(report.summary())
         return 130 if report.interrupted else 1 if report.failures else 0
     out = prepare_out_dir(args.out)
     tasks = list_tasks(inputs, str(out), args.recursive, args.manifest, args.manifest_column)
-    make_parser = functools.partial(_load_parser, checkpoint, args.device, args.model)
+    make_parser = functools.partial(_load_parser, checkpoint, args.device, args.model, tuple(args.scales))
     parser = make_parser()  # a model that does not load is a usage error before any work
     identity = model_identity(checkpoint, args.model)
     settings = Settings(str(out), outputs, args.detect_faces, args.flip, args.max_pixels, *identity)
@@ -322,6 +343,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detect-faces", action="store_true",
                    help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    _add_scales(p)
     p.add_argument("--device", default="auto")
     _add_model(p)
     _add_max_pixels(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,39 +15,42 @@ from agrnet.data.datasets import DatasetError, ParsingDataset
 from agrnet.data.transforms import to_tensor, unletterbox_labels, warp_pair
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
+from agrnet.tta import check_scales, mean_probabilities, scaled_canvas
 
 log = logging.getLogger(__name__)
 
 
+Sample = tuple[list[torch.Tensor], torch.Tensor]
+
+
 class _OriginalResolution(torch.utils.data.Dataset):
-    """Letterboxed canvas for the network plus the untouched original labels for scoring.
+    """The image letterboxed onto each canvas for the network, plus the untouched original labels for scoring.
 
     A sample that cannot be loaded comes back as its error message, so one bad file does not stop
     the evaluation of a whole split.
     """
 
-    def __init__(self, dataset: ParsingDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: ParsingDataset, canvases: list[tuple[int, int]]) -> None:
+        self.dataset, self.canvases = dataset, canvases
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | str:
+    def __getitem__(self, index: int) -> Sample | str:
         try:
             image, labels = self.dataset.load(index)
         except DatasetError as error:
             return str(error)
-        canvas, _ = warp_pair(image, None, self.dataset.size)
-        return to_tensor(canvas), torch.from_numpy(labels.astype(np.int64))
+        canvases = [to_tensor(warp_pair(image, None, canvas)[0]) for canvas in self.canvases]
+        return canvases, torch.from_numpy(labels.astype(np.int64))
 
 
-def _collate(
-    items: list[tuple[torch.Tensor, torch.Tensor] | str],
-) -> tuple[torch.Tensor | None, list[torch.Tensor], list[str]]:
+def _collate(items: list[Sample | str]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+    """-> one (N, 3, Sh, Sw) batch per canvas, the N label maps, the error messages."""
     good = [item for item in items if not isinstance(item, str)]
     errors = [item for item in items if isinstance(item, str)]
-    images = torch.stack([image for image, _ in good]) if good else None
-    return images, [labels for _, labels in good], errors
+    batches = [torch.stack(canvases) for canvases in zip(*(canvases for canvases, _ in good), strict=True)]
+    return batches, [labels for _, labels in good], errors
 
 
 def flip_permutation(spec: LabelSpec, num_classes: int) -> list[int]:
@@ -83,12 +87,14 @@ def evaluate_dataset(
     batch_size: int = 4,
     workers: int = 0,
     progress: bool = True,
+    scales: Sequence[float] = (1.0,),
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score ``model`` on every image of ``dataset``; returns (summary, confusion matrix).
 
     ``label_lut`` maps the model's classes (``model_spec``, default the dataset's) to the dataset's
     (cross-dataset evaluation, Table IV). ``flip`` averages with the mirrored image, swapping the
-    model's left/right classes.
+    model's left/right classes. ``scales``: canvas size factors whose probabilities are averaged
+    (``agrnet.tta``); the default is the dataset's canvas alone.
     """
     model.eval()
     spec = dataset.spec
@@ -100,20 +106,24 @@ def evaluate_dataset(
     flip_perm = flip_permutation(model_spec or spec, model.num_classes) if flip else None
     lut = None if label_lut is None else torch.from_numpy(label_lut.astype(np.int64)).to(device)
     matrix = ConfusionMatrix(spec.num_classes)
+    canvases = [scaled_canvas(dataset.size, scale) for scale in check_scales(scales)]
     loader = torch.utils.data.DataLoader(
-        _OriginalResolution(dataset), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+        _OriginalResolution(dataset, canvases), batch_size=batch_size, num_workers=workers, collate_fn=_collate
     )
     skipped: list[str] = []
     scored = 0
-    for images, labels, errors in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+    for batches, labels, errors in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         skipped += errors
-        if images is None:
+        if not labels:
             continue
         scored += len(labels)
-        logits = predict_logits(model, images.to(device), flip_perm, amp_dtype)
+        logits = [predict_logits(model, images.to(device), flip_perm, amp_dtype) for images in batches]
         for i, target in enumerate(labels):
             h, w = target.shape
-            prediction = unletterbox_labels(logits[i], h, w)
+            if len(logits) == 1:
+                prediction = unletterbox_labels(logits[0][i], h, w)
+            else:
+                prediction = mean_probabilities([canvas[i] for canvas in logits], h, w).argmax(0)
             if lut is not None:
                 prediction = lut[prediction]
             matrix.update(prediction, target.to(device))
