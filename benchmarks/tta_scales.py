@@ -3,9 +3,10 @@ its one training canvas, with and without flip?
 
 For each face of a celebamask-mini split: the network on each ``--sizes`` canvas (and on its mirror, left/right
 classes swapped), class probabilities brought back to the labels' 512x512, then every single size and every
-subset of two or more averaged; one confusion matrix per setting, mean F1 without background. Nothing here is
-in ``Parser`` yet: this measures whether it would be worth it. Choose on ``--split val``; the test split only
-to report a choice. Writes benchmarks/results/tta_scales_<split>[_<name>].json and .md.
+subset of two or more averaged; one confusion matrix per setting, mean F1 without background. One network pass
+per size serves every subset, so this sweeps what ``Parser(scales=...)`` / ``agrnet evaluate --scales`` offer
+(they average a canvas's plain and mirrored logits, this script their probabilities). Choose on ``--split val``;
+the test split only to report a choice. Writes benchmarks/results/tta_scales_<split>[_<name>].json and .md.
 """
 
 from __future__ import annotations
