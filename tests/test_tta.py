@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_train_config
+from PIL import Image
 from skimage import data
 
 from agrnet.checkpoints import model_from_checkpoint
@@ -115,8 +116,6 @@ def test_cli_scales(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixt
         main(["evaluate", "--checkpoint", str(checkpoint), "--scales", "9"])
     assert exit_info.value.code == 2 and "must be from 0.25 to 4" in capsys.readouterr().err
     image = tmp_path / "face.png"
-    from PIL import Image
-
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(image)
     assert main(["predict", str(checkpoint), str(image), "--out", str(tmp_path / "out"), "--scales", "0.75", "1",
                  "--device", "cpu"]) == 0  # fmt: skip

@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from agrnet.data.classes import LabelSpec
 from agrnet.data.datasets import DatasetError, ParsingDataset
-from agrnet.data.transforms import to_tensor, unletterbox_labels, warp_pair
+from agrnet.data.transforms import to_tensor, warp_pair
 from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.tta import check_scales, mean_probabilities, scaled_canvas
+from agrnet.tta import canvas_labels, check_scales, scaled_canvas
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,7 @@ def evaluate_dataset(
         scored += len(labels)
         logits = [predict_logits(model, images.to(device), flip_perm, amp_dtype) for images in batches]
         for i, target in enumerate(labels):
-            h, w = target.shape
-            if len(logits) == 1:
-                prediction = unletterbox_labels(logits[0][i], h, w)
-            else:
-                prediction = mean_probabilities([canvas[i] for canvas in logits], h, w).argmax(0)
+            prediction = canvas_labels([canvas[i] for canvas in logits], *target.shape)
             if lut is not None:
                 prediction = lut[prediction]
             matrix.update(prediction, target.to(device))

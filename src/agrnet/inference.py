@@ -24,13 +24,13 @@ from PIL import Image, ImageOps
 from agrnet.config import MIN_SIZE
 from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
-from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, unletterbox_labels, warp_pair
+from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, warp_pair
 from agrnet.detection import MTCNN, Face, parse_photo_faces
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE, pil_to_rgb
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.modeling.layers import fold_batchnorm
-from agrnet.tta import check_scales, mean_probabilities, scaled_canvas
+from agrnet.tta import canvas_labels, check_scales, mean_probabilities, scaled_canvas
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -315,13 +315,15 @@ class Parser:
         """Aligned (S, S, 3) crops -> (Nc, S, S) float32 probabilities each, averaged over ``scales`` (the
         crops resized to each scale's canvas, the logits resized back)."""
         batch = torch.stack([to_tensor(crop) for crop in crops])
-        side = batch.shape[-2:]
+        side = (batch.shape[-2], batch.shape[-1])
         total = torch.zeros(())
         for scale in self.scales:
-            canvas = scaled_canvas(tuple(side), scale)
-            images = batch if canvas == tuple(side) else _resize(batch, canvas, antialias=True)
-            logits = self._logits(images, flip).float()
-            total = total + (logits if canvas == tuple(side) else _resize(logits, tuple(side))).softmax(1).cpu()
+            canvas = scaled_canvas(side, scale)
+            if canvas == side:
+                logits = self._logits(batch, flip).float()
+            else:
+                logits = _resize(self._logits(_resize(batch, canvas, antialias=True), flip).float(), side)
+            total = total + logits.softmax(1).cpu()
         return list((total / len(self.scales)).numpy())
 
 
@@ -346,20 +348,18 @@ def _resize(images: torch.Tensor, canvas: tuple[int, int], antialias: bool = Fal
 
 def _to_input_size(canvas_logits: list[torch.Tensor], height: int, width: int, probabilities: bool) -> Parsing:
     """One image's logits, one (Nc, Sh, Sw) per canvas -> labels (and probabilities, averaged over the
-    canvases) at (height, width), in row strips. One canvas and labels alone take the fast path that
-    interpolates only along label borders."""
+    canvases) at (height, width), in row strips; labels alone go through ``canvas_labels``."""
     step = max(1, _STRIP_PIXELS // width)
     labels = np.empty((height, width), dtype=np.uint8)
     probs = np.empty((canvas_logits[0].shape[0], height, width), dtype=np.float32) if probabilities else None
     for start in range(0, height, step):
         stop = min(height, start + step)
-        if probs is None and len(canvas_logits) == 1:
-            strip_labels = unletterbox_labels(canvas_logits[0].float(), height, width, rows=(start, stop))
+        if probs is None:
+            strip_labels = canvas_labels(canvas_logits, height, width, rows=(start, stop))
         else:
             strip = mean_probabilities(canvas_logits, height, width, rows=(start, stop))
             strip_labels = strip.argmax(0)
-            if probs is not None:
-                probs[:, start:stop] = strip.cpu().numpy()
+            probs[:, start:stop] = strip.cpu().numpy()
         labels[start:stop] = strip_labels.to(torch.uint8).cpu().numpy()
     return Parsing(labels, probs)
 

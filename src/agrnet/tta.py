@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from agrnet.config import MIN_SIZE
-from agrnet.data.transforms import Canvas, canvas_hw, unletterbox
+from agrnet.data.transforms import Canvas, canvas_hw, unletterbox, unletterbox_labels
 
 # Beyond these the network sees faces at a scale it was never trained on, and memory grows with the square.
 MIN_SCALE, MAX_SCALE = 0.25, 4.0
@@ -53,3 +53,14 @@ def mean_probabilities(
     if total is None:
         raise ValueError("mean_probabilities needs the logits of at least one canvas")
     return total.div_(len(canvas_logits))
+
+
+def canvas_labels(
+    canvas_logits: Sequence[torch.Tensor], height: int, width: int, rows: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Labels (height or rows, width) int64 from one image's logits on one or several canvases: one canvas takes
+    ``unletterbox_labels``' fast path (interpolation only along label borders), several the argmax of
+    ``mean_probabilities``."""
+    if len(canvas_logits) == 1:
+        return unletterbox_labels(canvas_logits[0].float(), height, width, rows=rows)
+    return mean_probabilities(canvas_logits, height, width, rows=rows).argmax(0)
