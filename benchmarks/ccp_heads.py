@@ -26,7 +26,7 @@ from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
 from agrnet.inference import Parser
 from common import RESULTS, write_result
-from wild_faces import MERGED_SKIN, crop_footprints
+from wild_faces import MERGED_SKIN, crop_footprints, zoom_label, zoom_setting
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
 REGIONS = ("crop", "ring", "beyond")
@@ -57,7 +57,9 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--data", default=str(SHARED))
     args.add_argument("--split", default="test", choices=["val", "test"])
-    args.add_argument("--zooms", type=float, nargs="+", default=[1.0, 1.5], help="Parser.face_zoom values")
+    args.add_argument("--zooms", type=zoom_setting, nargs="+", default=[(1.0,), (1.5,)],
+                      help="Parser.face_zoom values (1.5+2.5: two wide crops)")
+    args.add_argument("--name", default="", help="suffix of the result files (ccp_heads_<split>[_<name>])")
     args.add_argument("--threads", type=int, default=2)
     opts = args.parse_args()
     torch.set_num_threads(opts.threads)
@@ -65,11 +67,12 @@ def main() -> None:
     dataset = open_split("folder", opts.data, opts.split, 32, classes="ccp")
     ccp, face = dataset.spec.class_names, CELEBAMASK_HQ.class_names
     skin_ids = [face.index(n) for n in MERGED_SKIN]
+    widest = max(zoom for zooms in opts.zooms for zoom in zooms)
     counts = {z: {k: {r: [0, 0, 0] for r in REGIONS} for k in ("hair", "skin")} for z in opts.zooms}
     missed = 0
     for index in tqdm(range(len(dataset)), desc=f"ccp {opts.split}", unit="img"):
         photo, labels = dataset.load(index)
-        masks = regions(parser, photo, max(opts.zooms))
+        masks = regions(parser, photo, widest)
         if masks is None:
             missed += 1
             continue
@@ -86,11 +89,11 @@ def main() -> None:
                     cell[1] += int(t.sum())
                     cell[2] += int(p.sum())
     report = {
-        "split": opts.split, "photos": len(dataset), "photos_without_face": missed, "widest_zoom": max(opts.zooms),
+        "split": opts.split, "photos": len(dataset), "photos_without_face": missed, "widest_zoom": widest,
         "model": "Parser.from_pretrained()",
-        "zooms": {f"{z:g}": {k: f1_cells(c) for k, c in by_kind.items()} for z, by_kind in counts.items()},
+        "zooms": {zoom_label(z): {k: f1_cells(c) for k, c in by_kind.items()} for z, by_kind in counts.items()},
     }  # fmt: skip
-    name = f"ccp_heads_{opts.split}"
+    name = f"ccp_heads_{opts.split}" + (f"_{opts.name}" if opts.name else "")
     write_result(name, report)
     (RESULTS / f"{name}.md").write_text(table(report))
     print(table(report))

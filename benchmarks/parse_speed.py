@@ -4,8 +4,8 @@ Side by side, in interleaved rounds of one run: the shipped model (``Parser.from
 its training canvas) and the same weights at the other two of 256, 384 and 512 (``size=``), against the
 ResNet-18 AGRNet default (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face
 to a label map at 512x512; the shipped model on a ~1-megapixel photo with one face through face detection,
-alignment and paste-back, with its wide second view (the default ``face_zoom``) and without
-(``face_zoom=1``); and the shipped human parser on a 550 x 830 street photo (a person standing), whole, at
+alignment and paste-back, with its wide second view (the default ``face_zoom``), without
+(``face_zoom=1``) and with a third, wider one (``face_zoom=(1.5, 2.5)``); and the shipped human parser on a 550 x 830 street photo (a person standing), whole, at
 its own canvas and at 384 x 256 (``size=``). Two rows repeat the aligned face and the person with the
 labels taken from the full bilinear interpolation of every class (``unletterbox`` then argmax: the path
 before ``unletterbox_labels``), to show what the border-only interpolation saves. Two rows time the face
@@ -77,6 +77,8 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     as_trained = load_pretrained()[0].eval()
     one_view = Parser.from_pretrained(device="cpu")
     one_view.face_zoom = 1.0
+    three_views = Parser.from_pretrained(device="cpu")
+    three_views.face_zoom = (1.5, 2.5)
     # The same weights on the two other usual canvases: whichever of 256, 384 and 512 it was not trained at.
     other_sizes = {s: Parser.from_pretrained(device="cpu", size=s) for s in (256, 384, 512) if s != shipped.size[0]}
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
@@ -94,6 +96,10 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
         "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
+        "shipped + detect_faces, face_zoom (1.5, 2.5)": (
+            lambda: three_views.predict(photo, detect_faces=True),
+            "1155x866 photo",
+        ),
         "network only, as trained (BatchNorm, NCHW)": (network_only(as_trained, canvas), side),
         "network only, as Parser runs it (folded, channels_last)": (
             network_only(shipped.model, canvas.contiguous(memory_format=torch.channels_last)),

@@ -52,7 +52,7 @@ def parse_views(
         parsed = parsers[side].predict_batch([crop for crop, _ in aligned], probabilities=True)
         for parsing, (_, matrix) in zip(parsed, aligned, strict=True):
             assert parsing.probabilities is not None
-            canvas.paste(parsing.probabilities, matrix, primary=index == 0)
+            canvas.paste(parsing.probabilities, matrix, view=index)
     return canvas.labels
 
 

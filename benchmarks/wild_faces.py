@@ -31,7 +31,7 @@ from agrnet.data.classes import CELEBAMASK_HQ
 from agrnet.data.datasets import open_split
 from agrnet.data.transforms import canvas_hw
 from agrnet.detection.align import alignment_matrix, crop_coordinates, inside_crop
-from agrnet.inference import Parser
+from agrnet.inference import Parser, wide_zooms
 from agrnet.metrics import ConfusionMatrix, summarize
 from common import CELEBAMASK_MINI, RESULTS, write_result
 
@@ -92,6 +92,20 @@ def region_scores(matrix: np.ndarray) -> dict[str, float]:
     return scores
 
 
+def zoom_setting(text: str) -> tuple[float, ...]:
+    """argparse type of ``--zooms``: "1.5" (one wide crop) or "1.5+2.5" (a wider third one): a face_zoom."""
+    try:
+        zooms = tuple(float(part) for part in text.split("+"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a zoom is a number or numbers joined by +, e.g. 1.5+2.5: {text!r}") from None
+    wide_zooms(zooms)  # the Parser's own check, so that a bad setting fails before any parsing
+    return zooms
+
+
+def zoom_label(zooms: tuple[float, ...]) -> str:
+    return "+".join(f"{zoom:g}" for zoom in zooms)
+
+
 def crop_footprints(parser: Parser, photo: np.ndarray, zooms: list[float]) -> list[np.ndarray] | None:
     """(H, W) bool per zoom: pixels inside that zoom's crop of the photo's largest face (None: no face)."""
     faces = parser.detector.detect(photo)
@@ -109,8 +123,8 @@ def main() -> None:
     args.add_argument("--data", default=str(CELEBAMASK_MINI))
     args.add_argument("--split", default="val", choices=["val", "test"])
     args.add_argument("--limit", type=int, default=200, help="photos (the first N of the split)")
-    args.add_argument("--zooms", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0],
-                      help="Parser.face_zoom values (1: the training framing alone)")
+    args.add_argument("--zooms", type=zoom_setting, nargs="+", default=[(1.0,), (1.25,), (1.5,), (1.75,), (2.0,)],
+                      help="Parser.face_zoom values (1: the training framing alone; 1.5+2.5: two wide crops)")
     args.add_argument("--seed", type=int, default=0)
     args.add_argument("--surround", default="reflect", choices=["reflect", "capped"],
                       help="how the photo is extended (see wild_photo)")
@@ -144,10 +158,10 @@ def main() -> None:
     report["outside_zoom1_crop"] = {n: round(a / max(1, b), 4) for n, (a, b) in outside.items()}
     # The reference: the same faces as aligned crops (the original photos, no detection).
     aligned = [(image, labels, np.ones(labels.shape, bool)) for image, labels in originals]
-    settings: list[tuple[str, list, bool]] = [("aligned crop", aligned, False)]
-    settings += [(f"{zoom:g}", photos, True) for zoom in opts.zooms]
-    for setting, inputs, detect in settings:
-        parser.face_zoom = float(setting) if detect else 1.0
+    settings: list[tuple[str, tuple[float, ...], list, bool]] = [("aligned crop", (1.0,), aligned, False)]
+    settings += [(zoom_label(zooms), zooms, photos, True) for zooms in opts.zooms]
+    for setting, zooms, inputs, detect in settings:
+        parser.face_zoom = zooms
         matrix, missed, start = ConfusionMatrix(len(names)), 0, time.perf_counter()
         regions = {"photo": ConfusionMatrix(len(names)), "surround": ConfusionMatrix(len(names))}
         for photo, labels, footprint in tqdm(inputs, desc=setting, unit="img"):

@@ -12,7 +12,7 @@ import skimage.data
 from PIL import Image
 
 from agrnet.detection import FACE_TEMPLATE, MTCNN, Face, align_face, alignment_matrix, parse_photo_faces, paste_back
-from agrnet.detection.align import PhotoCanvas, _sure_labels
+from agrnet.detection.align import MAX_VIEWS, PhotoCanvas, _sure_labels
 from agrnet.detection.mtcnn import WEIGHTS_DIR
 
 VAL_IMAGES = Path("/work/shared/data/celebamask-mini/val/images")
@@ -174,10 +174,28 @@ def test_a_wide_view_adds_context_without_overriding_the_primary_crop() -> None:
     wide = np.array([[0.5, 0, -8], [0, 0.5, -8]], dtype=np.float64)  # photo 16..143 at half the scale
     canvas = PhotoCanvas(160, 160, 3, probabilities=False)
     canvas.paste(constant_probabilities(3, size, 1, 0.7), primary)
-    canvas.paste(constant_probabilities(3, size, 2, 0.99), wide, primary=False)
+    canvas.paste(constant_probabilities(3, size, 2, 0.99), wide, view=1)
     assert canvas.probabilities is None
     assert (canvas.labels[40:104, 40:104] == 1).all()
     assert canvas.labels[20, 20] == 2 and canvas.labels[140, 140] == 2 and canvas.labels[5, 5] == 0
+
+
+def test_a_third_view_adds_only_beyond_the_second() -> None:
+    """Three nested views of one face: each wider view's foreground fills only what the narrower ones called
+    background or did not reach; where two wide views both see foreground, the narrower decides."""
+    size = 64
+    narrow = np.array([[1, 0, -60], [0, 1, -60]], dtype=np.float64)  # photo 60..123
+    middle = np.array([[0.5, 0, -28], [0, 0.5, -28]], dtype=np.float64)  # photo 56..183
+    widest = np.array([[0.25, 0, -12], [0, 0.25, -12]], dtype=np.float64)  # photo 48..303
+    canvas = PhotoCanvas(320, 320, 4, probabilities=False)
+    canvas.paste(constant_probabilities(4, size, 1, 0.7), narrow, view=0)
+    canvas.paste(constant_probabilities(4, size, 2, 0.9), middle, view=1)
+    canvas.paste(constant_probabilities(4, size, 3, 0.99), widest, view=2)
+    assert (canvas.labels[60:124, 60:124] == 1).all()
+    assert canvas.labels[150, 150] == 2 and canvas.labels[58, 58] == 2
+    assert canvas.labels[250, 250] == 3 and canvas.labels[50, 50] == 3 and canvas.labels[310, 310] == 0
+    with pytest.raises(ValueError, match="view must be"):
+        canvas.paste(constant_probabilities(4, size, 1, 0.7), narrow, view=MAX_VIEWS)
 
 
 def smooth_probabilities(rng: np.random.Generator, num_classes: int, size: int, sharpness: float) -> np.ndarray:
@@ -203,7 +221,7 @@ def test_labels_only_paste_matches_the_full_warp_exactly() -> None:
         full = PhotoCanvas(131, 157, num_classes, probabilities=True)
         fast = PhotoCanvas(131, 157, num_classes, probabilities=False)
         for canvas in (full, fast):
-            canvas.paste(probabilities, matrix, primary=trial % 3 != 0)
+            canvas.paste(probabilities, matrix, view=trial % 3)
         np.testing.assert_array_equal(fast.labels, full.labels)
         np.testing.assert_array_equal(fast.claim, full.claim)
         checked += int((full.claim >= 0).sum())

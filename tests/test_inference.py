@@ -111,6 +111,25 @@ def test_detect_faces_parses_only_around_the_faces_found(checkpoint: Path, parse
     assert not cv2.imread(str(out / "wall_labels.png"), cv2.IMREAD_UNCHANGED).any()
 
 
+def test_cli_face_zoom(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--face-zoom sets the wide crops of --detect-faces: the same map as the library's face_zoom; a bad value or
+    --face-zoom without --detect-faces is one line, exit 2, nothing written."""
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), data.astronaut()[..., ::-1])
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(photo), "--out", str(out), "--detect-faces", "--face-zoom", "1.5",
+                 "2.5", "--device", "cpu", "--outputs", "labels"]) == 0  # fmt: skip
+    wider = FaceParser.from_checkpoint(checkpoint, device="cpu")
+    wider.face_zoom = (1.5, 2.5)
+    expected = wider.predict(data.astronaut(), detect_faces=True).labels
+    assert np.array_equal(cv2.imread(str(out / "astronaut_labels.png"), cv2.IMREAD_UNCHANGED), expected)
+    capsys.readouterr()
+    for bad in (["--detect-faces", "--face-zoom", "2", "1.5"], ["--face-zoom", "2"]):
+        assert main(["predict", str(checkpoint), str(photo), "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+        assert not (tmp_path / "bad").exists()
+
+
 def test_visualizations(checkpoint: Path, tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from skimage import data
 
 import agrnet.pretrained as pretrained
+from agrnet.detection.align import alignment_matrix, crop_coordinates, inside_crop
 from agrnet.inference import FaceParser
 
 
@@ -109,6 +111,24 @@ def test_another_canvas_trades_detail_for_speed_not_the_layout(parser: FaceParse
     for bad in (16, (224,), 224.0, True):
         with pytest.raises(ValueError, match="size must be an integer or"):
             FaceParser.from_pretrained(device="cpu", size=bad)  # type: ignore[arg-type]
+
+
+def test_a_wider_third_crop_only_adds_foreground(parser: FaceParser) -> None:
+    """face_zoom=(1.5, 2.5): where the default two crops see a face part, the map is unchanged; the third
+    crop only turns their background (or what they never reached) into face parts, and reaches further."""
+    photo = data.astronaut()
+    two = parser.predict(photo, detect_faces=True)
+    wider = copy.copy(parser)
+    wider.face_zoom = (1.5, 2.5)
+    three = wider.predict(photo, detect_faces=True).labels
+    np.testing.assert_array_equal(three[two.labels > 0], two.labels[two.labels > 0])
+    assert two.faces is not None and len(two.faces) == 1
+    matrix = alignment_matrix(two.faces[0].landmarks, parser.size[0] / 1.5, parser.size[0])
+    reach = inside_crop(*crop_coordinates(matrix, slice(0, photo.shape[0]), slice(0, photo.shape[1])), parser.size[0])
+    assert (three[~reach] > 0).sum() > 500 and not two.labels[~reach].any(), "the third crop reaches further"
+    for bad in ((2.5, 1.5), (1.5, 1.5), (), (1.5, 5.0), "1.5", (True,), (1.2, 1.5, 2.0, 2.5)):
+        with pytest.raises(ValueError, match="face_zoom"):
+            FaceParser(parser.spec, parser.size, model=parser.model, face_zoom=bad)  # type: ignore[arg-type]
 
 
 def test_photo_without_a_face_is_all_background(parser: FaceParser) -> None:

@@ -225,19 +225,30 @@ def _split_checkpoint(positionals: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load_parser(
-    checkpoint: str | None, device: str, model: str | None = None, scales: tuple[float, ...] = (1.0,)
+    checkpoint: str | None,
+    device: str,
+    model: str | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    face_zoom: tuple[float, ...] | None = None,
 ) -> Parser:
-    """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both."""
-    from agrnet.inference import Parser
+    """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both.
+    ``face_zoom``: the parser's wide crops with ``detect_faces`` (None: its default)."""
+    from agrnet.inference import Parser, wide_zooms
 
     _check_one_model(checkpoint, model)
+    if face_zoom is not None:
+        wide_zooms(face_zoom)
     if checkpoint is None:
-        return Parser.from_pretrained(model, device=device, scales=scales)
-    if checkpoint.endswith(".onnx"):
+        parser = Parser.from_pretrained(model, device=device, scales=scales)
+    elif checkpoint.endswith(".onnx"):
         if scales != (1.0,):
             raise ValueError(f"--scales needs a PyTorch checkpoint or shipped model: {checkpoint} has a fixed canvas")
-        return Parser.from_onnx(checkpoint)
-    return Parser.from_checkpoint(checkpoint, device=device, scales=scales)
+        parser = Parser.from_onnx(checkpoint)
+    else:
+        parser = Parser.from_checkpoint(checkpoint, device=device, scales=scales)
+    if face_zoom is not None:
+        parser.face_zoom = face_zoom
+    return parser
 
 
 def _add_scales(p: argparse.ArgumentParser) -> None:
@@ -291,6 +302,7 @@ def _predict(args: argparse.Namespace) -> int:
     import os
 
     from agrnet.batch import RayOptions, list_tasks, parse_shard, predict_tree
+    from agrnet.inference import wide_zooms
     from agrnet.outputs import prepare_out_dir
     from agrnet.predict import OUTPUT_KINDS, Settings, model_identity, predict_paths
 
@@ -310,17 +322,22 @@ def _predict(args: argparse.Namespace) -> int:
         except ImportError:
             raise ValueError("--engine ray needs Ray: pip install 'agrnet[ray]'") from None
     _check_one_model(checkpoint, args.model)  # before any listing or loading
+    face_zoom = None if args.face_zoom is None else tuple(args.face_zoom)
+    if face_zoom is not None and not args.detect_faces:
+        raise ValueError("--face-zoom sets the crops of --detect-faces; add --detect-faces or drop --face-zoom")
+    if face_zoom is not None:
+        wide_zooms(face_zoom)  # before any listing or loading
     if args.threads:
         set_threads(args.threads)
     if not (scale or args.layout == "tree"):
-        parser = _load_parser(checkpoint, args.device, args.model, tuple(args.scales))
+        parser = _load_parser(checkpoint, args.device, args.model, tuple(args.scales), face_zoom)
         report = predict_paths(parser, inputs, args.out, args.detect_faces, args.flip, args.max_pixels, outputs,
                                args.batch_size)  # fmt: skip
         print(report.summary())
         return 130 if report.interrupted else 1 if report.failures else 0
     out = prepare_out_dir(args.out)
     tasks = list_tasks(inputs, str(out), args.recursive, args.manifest, args.manifest_column)
-    make_parser = functools.partial(_load_parser, checkpoint, args.device, args.model, tuple(args.scales))
+    make_parser = functools.partial(_load_parser, checkpoint, args.device, args.model, tuple(args.scales), face_zoom)
     parser = make_parser()  # a model that does not load is a usage error before any work
     identity = model_identity(checkpoint, args.model)
     settings = Settings(str(out), outputs, args.detect_faces, args.flip, args.max_pixels, *identity)
@@ -344,6 +361,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     _add_scales(p)
+    p.add_argument("--face-zoom", type=float, nargs="+", metavar="Z",
+                   help="with --detect-faces: each wide crop shows Z times the training framing around a face "
+                   "(default 1.5; 1: the framing alone; e.g. 2, or 1.5 2.5 for a third, wider crop: long hair, "
+                   "full-body photos)")  # fmt: skip
     p.add_argument("--device", default="auto")
     _add_model(p)
     _add_max_pixels(p)

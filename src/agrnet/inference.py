@@ -11,6 +11,7 @@ the image's own size, so label maps always match the input pixel for pixel.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from agrnet.data.classes import LABEL_SPECS, LabelSpec
 from agrnet.data.datasets import load_image
 from agrnet.data.transforms import Canvas, canvas_hw, to_tensor, warp_pair
 from agrnet.detection import MTCNN, Face, parse_photo_faces
+from agrnet.detection.align import MAX_VIEWS
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE, pil_to_rgb
 from agrnet.modeling.agrnet import AGRNet
@@ -50,6 +52,21 @@ class Parsing:
 # How much more of the photo around a detected face its second, wide crop shows than the CelebA-HQ framing,
 # which cuts long hair and the neck off; chosen on the val split of benchmarks/wild_faces.py.
 DEFAULT_FACE_ZOOM = 1.5
+
+
+def wide_zooms(face_zoom: float | Sequence[float]) -> tuple[float, ...]:
+    """The zooms of the wide crops ``face_zoom`` asks for (1.0 and (1.0,): none), checked: numbers from 1 to 4,
+    strictly increasing, at most MAX_VIEWS - 1 above 1."""
+    zooms = face_zoom if isinstance(face_zoom, Sequence) and not isinstance(face_zoom, str) else (face_zoom,)
+    numbers = all(not isinstance(z, bool) and isinstance(z, (int, float)) and 1.0 <= z <= 4.0 for z in zooms)
+    if not zooms or not numbers or any(b <= a for a, b in itertools.pairwise(zooms)):
+        raise ValueError(f"face_zoom must be a number from 1 to 4 or an increasing list of them, got {face_zoom!r}")
+    wide = tuple(float(zoom) for zoom in zooms if zoom > 1.0)
+    if len(wide) > MAX_VIEWS - 1:
+        raise ValueError(f"face_zoom: at most {MAX_VIEWS - 1} wide crops, got {face_zoom!r}")
+    return wide
+
+
 # Faces parsed per photo at most (the largest first), and faces per network batch (each with its views: 8
 # crops with the wide one): a photo tiled with hundreds of faces must not take the machine's memory or
 # minutes of one request.
@@ -152,7 +169,9 @@ class Parser:
     ``face_zoom`` (``detect_faces=True``): besides its crop in the training framing, each face is parsed a
     second time in a wide crop of the same size that shows ``face_zoom`` times as much around it, so hair to
     the shoulders and the neck beyond the CelebA-HQ framing are parsed too; inside the framing the first
-    crop decides (``PhotoCanvas``). 1.0: the framing alone, one pass. ``max_faces``: faces parsed per photo,
+    crop decides (``PhotoCanvas``). 1.0: the framing alone, one pass. An increasing sequence, e.g. (1.5, 2.5),
+    adds one wider crop per zoom (one more pass each), each adding face parts where the narrower ones saw
+    background or did not reach; for long hair on full-body photos. ``max_faces``: faces parsed per photo,
     the largest first; the rest are counted in ``Parsing.faces_skipped``. ``scales``: multi-scale test-time
     augmentation (``agrnet.tta``): the network on the canvas times each factor, probabilities averaged; e.g.
     (0.833, 1.0, 1.167) costs about 3x the time of the default (1.0,). PyTorch models only (an ONNX file has
@@ -165,7 +184,7 @@ class Parser:
         model: AGRNet | None = None,
         onnx: _OnnxLogits | None = None,
         device: torch.device | None = None,
-        face_zoom: float = DEFAULT_FACE_ZOOM,
+        face_zoom: float | Sequence[float] = DEFAULT_FACE_ZOOM,
         max_faces: int = DEFAULT_MAX_FACES,
         scales: Sequence[float] = (1.0,),
     ) -> None:
@@ -174,13 +193,12 @@ class Parser:
         self.scales = check_scales(scales)
         if onnx is not None and self.scales != (1.0,):
             raise ValueError(f"scales={scales!r} needs the PyTorch model: an ONNX file has a fixed canvas")
-        if isinstance(face_zoom, bool) or not (isinstance(face_zoom, (int, float)) and 1.0 <= face_zoom <= 4.0):
-            raise ValueError(f"face_zoom must be a number from 1 to 4, got {face_zoom!r}")
+        wide_zooms(face_zoom)
         if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1:
             raise ValueError(f"max_faces must be an integer >= 1, got {max_faces!r}")
         device = device or torch.device("cpu")
         self.spec, self.size, self.model, self.onnx, self.device = spec, size, model, onnx, device
-        self.face_zoom, self.max_faces = float(face_zoom), max_faces
+        self.face_zoom, self.max_faces = face_zoom, max_faces
         self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
         self._detector: MTCNN | None = None
         if model is not None:
@@ -304,7 +322,7 @@ class Parser:
         found = self.detector.detect(photo)
         faces = sorted(found, key=lambda f: -float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))[: self.max_faces]
         size = canvas_hw(self.size)[0]
-        views = [(size, size)] + ([(size / self.face_zoom, size)] if self.face_zoom > 1 else [])
+        views = [(size, size)] + [(size / zoom, size) for zoom in wide_zooms(self.face_zoom)]
         labels, probs = parse_photo_faces(
             photo, faces, lambda crops: self._crop_probabilities(crops, flip), size, self.spec.num_classes,
             views=views, probabilities=probabilities, chunk=FACE_CHUNK,

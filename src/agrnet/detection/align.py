@@ -205,6 +205,8 @@ def _warp_labels_back(
 # Rows of a face's footprint warped back at a time, so that a face filling a 40 MP photo never needs its
 # whole (Nc, H, W) float32 window at once.
 _STRIP_PIXELS = 2_000_000
+# Views per face that PhotoCanvas ranks (the training framing and wider ones).
+MAX_VIEWS = 4
 
 
 class PhotoCanvas:
@@ -212,9 +214,11 @@ class PhotoCanvas:
     float32 probabilities only when asked for.
 
     Where crops overlap, foreground beats background (a neighbour's crop must not erase a face's hair or
-    skin with its own background); then a primary crop (the training framing) beats a wide one (more context,
-    fewer pixels per face); then the crop whose centre is nearer, relative to its size, wins: a face's own
-    crop decides near that face. Claim = 2 * foreground + primary + centrality (in [0, 1))."""
+    skin with its own background; a face's wider view adds the parts its narrower ones missed at their
+    border: measured on real photos, benchmarks/results/wide_views_rule.md); then the narrower view beats a
+    wider one (view 0, the training framing, first: more pixels per face); then the crop whose centre is
+    nearer, relative to its size, wins: a face's own crop decides near that face.
+    Claim = (MAX_VIEWS + 1) * foreground + (MAX_VIEWS - 1 - view) + centrality (in [0, 1))."""
 
     def __init__(self, height: int, width: int, num_classes: int, probabilities: bool) -> None:
         self.labels = np.zeros((height, width), dtype=np.uint8)
@@ -224,8 +228,11 @@ class PhotoCanvas:
             self.probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
             self.probabilities[0] = 1.0
 
-    def paste(self, crop_probabilities: np.ndarray, matrix: np.ndarray, primary: bool = True) -> None:
-        """Warp one crop's (Nc, S, S) probabilities back with its (2, 3) photo -> crop matrix."""
+    def paste(self, crop_probabilities: np.ndarray, matrix: np.ndarray, view: int = 0) -> None:
+        """Warp one crop's (Nc, S, S) probabilities back with its (2, 3) photo -> crop matrix; ``view``: its
+        view's index, 0 the training framing, higher wider."""
+        if not 0 <= view < MAX_VIEWS:
+            raise ValueError(f"view must be from 0 to {MAX_VIEWS - 1}, got {view}")
         height, width = self.labels.shape
         window = _footprint(matrix, crop_probabilities.shape[-1], height, width)
         if window is None:
@@ -242,8 +249,8 @@ class PhotoCanvas:
             else:
                 labels, inside, centrality = _warp_labels_back(planes, sure, matrix, *strip)
             claim = centrality * np.float32(0.999)
-            claim += np.float32(primary)
-            claim[labels > 0] += 2
+            claim += np.float32(MAX_VIEWS - 1 - view)
+            claim[labels > 0] += MAX_VIEWS + 1
             wins = inside & (claim > self.claim[strip])
             np.copyto(self.claim[strip], claim, where=wins)
             np.copyto(self.labels[strip], labels, where=wins)
@@ -284,8 +291,9 @@ def parse_photo_faces(
     pastes them back.
 
     A view (scale, side) is a (side, side) crop with the face as large as in a ``scale`` x ``scale`` training
-    crop (``alignment_matrix``); default one view, (size, size): the training framing. The first view is the
-    primary one (see ``PhotoCanvas``), the others add context around it. Returns (H, W) uint8
+    crop (``alignment_matrix``); default one view, (size, size): the training framing. Views go from the
+    narrowest, which decides where it reaches, to the widest; each adds face parts where the ones before it saw
+    background or did not reach (see ``PhotoCanvas``). Returns (H, W) uint8
     labels and, with ``probabilities``, (Nc, H, W) float32 probabilities (else None); all background when
     ``faces`` is empty. Memory: one chunk of crops (chunk x views) plus the photo's labels and claims.
     """
@@ -294,6 +302,8 @@ def parse_photo_faces(
     views = views or [(size, size)]
     if len({side for _, side in views}) != 1:
         raise ValueError(f"every view must have the same side (one network batch), got {views}")
+    if len(views) > MAX_VIEWS:
+        raise ValueError(f"at most {MAX_VIEWS} views per face, got {len(views)}")
     for start in range(0, len(faces), chunk):
         # View-major, so that every primary crop is pasted before any wide one, as with one call per view;
         # one network batch for all views is cheaper on the CPU than one per view.
@@ -304,5 +314,5 @@ def parse_photo_faces(
         ]
         parsed = parse_crops([crop for _, crop, _ in aligned])
         for crop_probabilities, (view, _, matrix) in zip(parsed, aligned, strict=True):
-            canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, primary=view == 0)
+            canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, view=view)
     return canvas.labels, canvas.probabilities
