@@ -203,6 +203,25 @@ def test_serve_arguments_are_checked_before_the_model_loads(args: list[str], mes
     assert message in err and "Traceback" not in err
 
 
+def test_serve_takes_scales_and_face_zoom_and_checks_them_before_serving(monkeypatch, capsys) -> None:
+    """--scales and --face-zoom reach the served Parser; a bad --face-zoom is one line, exit 2, no server."""
+    import agrnet.serve
+
+    served: list[Parser] = []
+
+    def fake_server(parser: Parser, *args: object) -> object:
+        served.append(parser)
+        raise KeyboardInterrupt  # stands in for Ctrl-C before serving: nothing binds a port
+
+    monkeypatch.setattr(agrnet.serve, "make_server", fake_server)
+    with pytest.raises(KeyboardInterrupt):
+        main(["serve", "--device", "cpu", "--scales", "0.8", "1", "--face-zoom", "1.5", "2.5"])
+    assert served[0].scales == (0.8, 1.0) and served[0].face_zoom == (1.5, 2.5)
+    assert main(["serve", "--face-zoom", "3", "2"]) == 2
+    (line,) = _errors(capsys.readouterr().err, "serve")
+    assert "face_zoom must be a number from 1 to 4 or an increasing list of them" in line and len(served) == 1
+
+
 def test_an_unknown_model_name_is_one_line_listing_the_known(capsys) -> None:
     assert main(["serve", "--model", "nope"]) == 2
     (line,) = _errors(capsys.readouterr().err, "serve")

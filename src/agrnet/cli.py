@@ -257,6 +257,13 @@ def _add_scales(p: argparse.ArgumentParser) -> None:
                    "averaged, e.g. 0.833 1 1.167 (about 3x the time; default: 1, the canvas alone)")  # fmt: skip
 
 
+def _add_face_zoom(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--face-zoom", type=float, nargs="+", metavar="Z",
+                   help=f"{when}each wide crop shows Z times the training framing around a face (default 1.5; "
+                   "1: the framing alone; e.g. 2, or 1.5 2.5 for a third, wider crop: long hair, full-body "
+                   "photos)")  # fmt: skip
+
+
 def _scale(text: str) -> float:
     """An argparse type: a canvas size factor from agrnet.tta's MIN_SCALE to MAX_SCALE."""
     from agrnet.tta import MAX_SCALE, MIN_SCALE
@@ -361,10 +368,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="find faces (MTCNN), align, parse and paste back each; without it the input is one face crop")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     _add_scales(p)
-    p.add_argument("--face-zoom", type=float, nargs="+", metavar="Z",
-                   help="with --detect-faces: each wide crop shows Z times the training framing around a face "
-                   "(default 1.5; 1: the framing alone; e.g. 2, or 1.5 2.5 for a third, wider crop: long hair, "
-                   "full-body photos)")  # fmt: skip
+    _add_face_zoom(p, "with --detect-faces: ")
     p.add_argument("--device", default="auto")
     _add_model(p)
     _add_max_pixels(p)
@@ -452,7 +456,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     limits = Limits(max_upload_bytes=max(1, round(args.max_upload_mb * 2**20)), max_pixels=max_pixels)
-    parser = _load_parser(args.checkpoint, args.device, args.model)
+    face_zoom = None if args.face_zoom is None else tuple(args.face_zoom)
+    parser = _load_parser(args.checkpoint, args.device, args.model, tuple(args.scales), face_zoom)
     server = make_server(parser, args.host, args.port, limits)
     host, port = server.server_address[:2]
     print(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
@@ -472,6 +477,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_at_least(0, 65535), default=8000, help="0 picks a free port")
     p.add_argument("--device", default="auto")
     _add_model(p)
+    _add_scales(p)
+    _add_face_zoom(p, "for requests with detect_faces: ")
     p.add_argument("--max-upload-mb", type=_positive_number, default=16.0, help="larger uploads get 413 (default 16)")
     p.add_argument("--max-pixels", type=_at_least(1),
                    help="pixel budget per image, checked before decoding (default 40e6)")  # fmt: skip
