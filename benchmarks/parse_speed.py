@@ -5,12 +5,13 @@ its training canvas) and the same weights at the other two of 256, 384 and 512 (
 ResNet-18 AGRNet default (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face
 to a label map at 512x512; the shipped model on a ~1-megapixel photo with one face through face detection,
 alignment and paste-back, with its wide second view (the default ``face_zoom``), without
-(``face_zoom=1``) and with a third, wider one (``face_zoom=(1.5, 2.5)``); and the shipped human parser on a 550 x 830 street photo (a person standing), whole, at
-its own canvas and at 384 x 256 (``size=``). Two rows repeat the aligned face and the person with the
-labels taken from the full bilinear interpolation of every class (``unletterbox`` then argmax: the path
-before ``unletterbox_labels``), to show what the border-only interpolation saves. Two rows time the face
-network alone on its canvas: as trained (BatchNorm layers, NCHW) and as ``Parser`` runs it (BatchNorm
-folded into the convolutions, channels_last). Writes benchmarks/results/parse_speed[_quick]_cpu.json.
+(``face_zoom=1``) and with a third, wider one (``face_zoom=(1.5, 2.5)``); and the shipped human parser on
+a 550 x 830 street photo (a person standing), whole, at its own canvas and at 384 x 256 (``size=``). Two
+rows repeat the aligned face and the person with the labels taken from the full bilinear interpolation of
+every class (``unletterbox`` then argmax: the path before ``unletterbox_labels``), to show what the
+border-only interpolation saves. Two rows time the face network alone on its canvas: as trained (BatchNorm
+layers, NCHW) and as ``Parser`` runs it (BatchNorm folded into the convolutions, channels_last). Writes
+benchmarks/results/parse_speed[_quick]_cpu.json.
 """
 
 from __future__ import annotations
