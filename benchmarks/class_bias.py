@@ -29,7 +29,7 @@ from agrnet.checkpoints import atomic_save, load_checkpoint, model_from_checkpoi
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
 from agrnet.evaluate import evaluate_dataset
-from agrnet.metrics import summarize
+from agrnet.metrics import ConfusionMatrix, summarize
 from agrnet.modeling.agrnet import AGRNet
 from agrnet.pretrained import pretrained_path
 from common import CELEBAMASK_MINI, RESULTS, write_result
@@ -63,8 +63,9 @@ def flatten(
 
 
 def confusion(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> np.ndarray:
-    counts = torch.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).numpy()
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(predictions, labels)
+    return matrix.matrix.numpy()
 
 
 def shifted_argmax(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,6 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--out-checkpoint", type=Path, default=None)
     args = parser.parse_args()
-    torch.manual_seed(0)
 
     source = Path(args.checkpoint) if args.checkpoint else pretrained_path(args.model)
     model, config = model_from_checkpoint(source)

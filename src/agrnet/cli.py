@@ -232,12 +232,10 @@ def _load_parser(
     face_zoom: tuple[float, ...] | None = None,
 ) -> Parser:
     """A checkpoint or .onnx file, or the shipped model ``model`` (default: the face parser); not both.
-    ``face_zoom``: the parser's wide crops with ``detect_faces`` (None: its default)."""
-    from agrnet.inference import Parser, wide_zooms
+    ``face_zoom``: the parser's wide crops with ``detect_faces`` (None: its default; checked by Parser)."""
+    from agrnet.inference import Parser
 
     _check_one_model(checkpoint, model)
-    if face_zoom is not None:
-        wide_zooms(face_zoom)
     if checkpoint is None:
         parser = Parser.from_pretrained(model, device=device, scales=scales)
     elif checkpoint.endswith(".onnx"):

@@ -193,12 +193,11 @@ class Parser:
         self.scales = check_scales(scales)
         if onnx is not None and self.scales != (1.0,):
             raise ValueError(f"scales={scales!r} needs the PyTorch model: an ONNX file has a fixed canvas")
-        wide_zooms(face_zoom)
         if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1:
             raise ValueError(f"max_faces must be an integer >= 1, got {max_faces!r}")
         device = device or torch.device("cpu")
         self.spec, self.size, self.model, self.onnx, self.device = spec, size, model, onnx, device
-        self.face_zoom, self.max_faces = face_zoom, max_faces
+        self.face_zoom, self.max_faces = face_zoom, max_faces  # face_zoom checked by its setter
         self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
         self._detector: MTCNN | None = None
         if model is not None:
@@ -234,6 +233,16 @@ class Parser:
         runner = _OnnxLogits(path, providers)
         runner.check(meta_path, size, spec.num_classes)
         return cls(spec, size, onnx=runner)
+
+    @property
+    def face_zoom(self) -> float | Sequence[float]:
+        return self._face_zoom
+
+    @face_zoom.setter
+    def face_zoom(self, value: float | Sequence[float]) -> None:
+        """Checked when set (at construction or later), so a bad value fails here, not at the next photo."""
+        self._wide_zooms = wide_zooms(value)
+        self._face_zoom = value
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -322,7 +331,7 @@ class Parser:
         found = self.detector.detect(photo)
         faces = sorted(found, key=lambda f: -float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))[: self.max_faces]
         size = canvas_hw(self.size)[0]
-        views = [(size, size)] + [(size / zoom, size) for zoom in wide_zooms(self.face_zoom)]
+        views = [(size, size)] + [(size / zoom, size) for zoom in self._wide_zooms]
         labels, probs = parse_photo_faces(
             photo, faces, lambda crops: self._crop_probabilities(crops, flip), size, self.spec.num_classes,
             views=views, probabilities=probabilities, chunk=FACE_CHUNK,
