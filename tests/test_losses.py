@@ -12,6 +12,7 @@ from agrnet.losses import (
     BoundaryAttentionLoss,
     DiscriminativeLoss,
     LossWeights,
+    LovaszSoftmaxLoss,
     balanced_class_weights,
 )
 from agrnet.modeling.agrnet import AGRNetOutput
@@ -117,6 +118,48 @@ def test_total_loss_weights_and_upsampling() -> None:
     assert set(baseline) == {"final", "boundary", "total"}
     with pytest.raises(ValueError, match="nothing to train"):
         AGRNetLoss(LossWeights(0, 0, 0, 0, 0))(out, labels)
+
+
+def test_lovasz_softmax_by_hand() -> None:
+    # Two pixels, labels (0, 1), p(class 1) = (0.2, 0.7). Class 0: errors (0.2, 0.3); sorted, the
+    # background pixel first: Jaccard losses 1 - 1/2 then 1 - 0/2, increments (0.5, 0.5) -> 0.25.
+    # Class 1: errors (0.2, 0.3); its own pixel first: Jaccard 1, then 1: increments (1, 0) -> 0.3.
+    p1 = torch.tensor([0.2, 0.7])
+    logits = torch.stack([torch.zeros(2), torch.log(p1 / (1 - p1))]).reshape(1, 2, 1, 2)
+    loss = LovaszSoftmaxLoss(stride=1)(logits, torch.tensor([[[0, 1]]]))
+    assert float(loss) == pytest.approx((0.25 + 0.3) / 2, rel=1e-6)
+
+
+def test_lovasz_softmax_of_hard_predictions_is_one_minus_iou() -> None:
+    # At 0/1 probabilities the Lovasz extension equals the Jaccard loss itself: mean over the classes
+    # present in the labels of 1 - IoU; ignored pixels count for nothing.
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (2, 6, 7))
+    labels[0, 0] = 255
+    predicted = torch.randint(0, 4, (2, 6, 7))
+    logits = torch.nn.functional.one_hot(predicted, 4).permute(0, 3, 1, 2).float() * 100
+    valid = labels != 255
+    ious = [
+        ((predicted == c) & (labels == c)).sum() / (((predicted == c) | (labels == c)) & valid).sum()
+        for c in labels[valid].unique()
+    ]
+    expected = 1 - torch.stack(ious).mean()
+    assert float(LovaszSoftmaxLoss(stride=1)(logits, labels)) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_lovasz_softmax_stride_reads_every_other_pixel_and_gives_a_gradient() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 8, 10, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 10))
+    strided = LovaszSoftmaxLoss(stride=2)(logits, labels)
+    torch.testing.assert_close(strided, LovaszSoftmaxLoss(stride=1)(logits[:, :, ::2, ::2], labels[:, ::2, ::2]))
+    strided.backward()
+    assert logits.grad is not None and logits.grad[:, :, ::2, ::2].abs().sum() > 0
+    assert float(LovaszSoftmaxLoss()(logits, torch.full_like(labels, 255)).detach()) == 0.0
+    terms = AGRNetLoss(LossWeights(lovasz=0.5))(AGRNetOutput(logits=logits), labels)
+    torch.testing.assert_close(terms["total"], terms["final"] * 0.5 + terms["boundary"] + terms["lovasz"] * 0.5)
+    with pytest.raises(ValueError, match="stride"):
+        LovaszSoftmaxLoss(stride=0)
 
 
 def test_balanced_class_weights_by_hand() -> None:

@@ -73,7 +73,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig(LossWeights):
-    """lambda_1..5 of Eq. 11 (inherited: raw, edge, boundary, final, discriminative), the
+    """lambda_1..5 of Eq. 11 and the extra ``lovasz`` weight (inherited from ``LossWeights``), the
     discriminative-loss variant, and ``class_balance``: the exponent p of per-class weights
     f_c^-p on the two segmentation CE terms (final, raw), f_c the pixel frequency of class c in the
     train split (0: plain CE as in the paper; 0.5: square-root balancing, for rare classes such as
