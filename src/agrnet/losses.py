@@ -121,16 +121,16 @@ class LovaszSoftmaxLoss(nn.Module):
         labels = labels.reshape(-1)
         valid = labels != self.ignore_index
         probs, labels = probs[valid], labels[valid]
-        losses = [
-            _lovasz_hinge_of_sorted(foreground := (labels == c).float(), (foreground - probs[:, c]).abs())
-            for c in labels.unique().tolist()
-        ]
+        losses = []
+        for c in labels.unique().tolist():
+            foreground = (labels == c).float()
+            losses.append(_lovasz_jaccard(foreground, (foreground - probs[:, c]).abs()))
         if not losses:
             return logits.sum() * 0
         return torch.stack(losses).mean()
 
 
-def _lovasz_hinge_of_sorted(foreground: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+def _lovasz_jaccard(foreground: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
     """The Lovasz extension of the Jaccard loss at ``errors`` (P,) for the ground truth ``foreground`` (P,):
     errors sorted in decreasing order, dotted with the Jaccard loss's increments along that order."""
     errors, order = errors.sort(descending=True)
