@@ -212,13 +212,15 @@ class AGRNetLoss(nn.Module):
             edges = label_edges(labels, self.ignore_index)
         terms: dict[str, torch.Tensor] = {}
         weighted: list[torch.Tensor] = []
+        # Once for the final CE, boundary and Lovasz terms, which each read the final prediction at label size.
+        logits = _upsample(output.logits, labels.shape[-2:])
 
         def add(name: str, weight: float, value: torch.Tensor) -> None:
             terms[name] = value
             weighted.append(weight * value)
 
         if w.final:
-            add("final", w.final, self._ce(output.logits, labels))
+            add("final", w.final, self._ce(logits, labels))
         if w.raw and output.raw_logits is not None:
             add("raw", w.raw, self._ce(output.raw_logits, labels))
         if w.edge and output.edge_logits is not None:
@@ -226,11 +228,11 @@ class AGRNetLoss(nn.Module):
             add("edge", w.edge, self.edge_loss(output.edge_logits, edges))
         if w.boundary:
             assert edges is not None
-            add("boundary", w.boundary, self.boundary_loss(output.logits, labels, edges))
+            add("boundary", w.boundary, self.boundary_loss(logits, labels, edges))
         if w.discriminative and output.vertices is not None:
             add("discriminative", w.discriminative, self.discriminative_loss(output.vertices))
         if w.lovasz:
-            add("lovasz", w.lovasz, self.lovasz_loss(output.logits, labels))
+            add("lovasz", w.lovasz, self.lovasz_loss(logits, labels))
         if not weighted:
             raise ValueError("every loss weight is 0 or its output is missing: nothing to train")
         terms["total"] = torch.stack(weighted).sum()
