@@ -12,7 +12,14 @@ import skimage.data
 from PIL import Image
 
 from agrnet.detection import FACE_TEMPLATE, MTCNN, Face, align_face, alignment_matrix, parse_photo_faces, paste_back
-from agrnet.detection.align import MAX_VIEWS, PhotoCanvas, _sure_labels
+from agrnet.detection.align import (
+    MAX_VIEWS,
+    PhotoCanvas,
+    _sure_labels,
+    content_window,
+    crop_coordinates,
+    inside_crop,
+)
 from agrnet.detection.mtcnn import WEIGHTS_DIR
 
 VAL_IMAGES = Path("/work/shared/data/celebamask-mini/val/images")
@@ -262,3 +269,42 @@ def test_all_views_of_a_chunk_go_to_the_network_in_one_call(detector: MTCNN, ast
     assert calls == [[(96, 96, 3)] * 4, [(96, 96, 3)] * 2]
     with pytest.raises(ValueError, match="same side"):
         parse_photo_faces(astronaut, faces, parse_crops, 96, num_classes=5, views=[(96.0, 96), (64.0, 64)])
+
+
+def test_content_window_cuts_flat_bars_between_a_face_and_its_crop_edge() -> None:
+    """A letterboxed photo: a black bar above (30 rows) and a grey one on the right (25 columns, JPEG-like
+    noise within the tolerance) of textured content; the face's box sits in the content, its crop reaches
+    into both bars. Only those bars are cut; a one-line bar, or a bar broken by one strand of hair, is not."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    photo[:30] = 0
+    photo[:, 135:] = 128 + rng.integers(-3, 4, (200, 25, 3))
+    box = np.array([60, 80, 100, 130], np.float32)
+    matrix = np.array([[1, 0, -10], [0, 1, -10]], dtype=np.float64)  # a 170 x 170 crop over rows/cols 10..179
+    assert content_window(photo, box, matrix, 170) == (slice(30, 200), slice(0, 135))
+    inside = np.array([[1, 0, -40], [0, 1, -40]], dtype=np.float64)  # crop over 40..129: no bar in reach
+    assert content_window(photo, box, inside, 90) == (slice(0, 200), slice(0, 160))
+    thin = photo.copy()
+    thin[:30] = rng.integers(0, 256, (30, 160, 3), dtype=np.uint8)
+    thin[10] = 0  # the crop's first row only
+    assert content_window(thin, box, matrix, 170)[0] == slice(0, 200)
+    strand = photo.copy()
+    strand[20:30, 80] = 200  # hair reaching up into the bar's lower ten rows: the bar ends above it
+    assert content_window(strand, box, matrix, 170)[0] == slice(20, 200)
+
+
+def test_nothing_is_pasted_on_a_letterbox_bar(detector: MTCNN, astronaut: np.ndarray) -> None:
+    """The astronaut letterboxed by a black bar of 60 rows above her, and every crop labelling all it sees as a
+    face part: the bar stays background, the rest of the wide crop's reach is labelled."""
+    photo = np.concatenate([np.zeros((60, 512, 3), np.uint8), astronaut])
+
+    def parse_crops(crops: list[np.ndarray]) -> list[np.ndarray]:
+        return [constant_probabilities(5, crop.shape[0], winner=2, confidence=0.9) for crop in crops]
+
+    faces = detector.detect(photo)
+    views = [(128.0, 128), (64.0, 128)]  # the wide crop shows twice the framing: it reaches above row 60
+    labels, _ = parse_photo_faces(photo, faces, parse_crops, 128, num_classes=5, views=views)
+    reach = inside_crop(*crop_coordinates(alignment_matrix(faces[0].landmarks, 64.0, 128), slice(0, 572),
+                                          slice(0, 512)), 128)  # fmt: skip
+    assert reach[:60].any() and not labels[:60].any()
+    assert (labels[60:][reach[60:]] == 2).all()

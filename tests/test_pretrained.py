@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data
 
 import agrnet.pretrained as pretrained
@@ -145,6 +146,10 @@ def test_photo_demo_finds_every_face_and_writes_its_files(parser: FaceParser, tm
     for photo in summary["photos"].values():
         assert all((tmp_path / file).is_file() for file in photo["files"])
         assert photo["pixels_per_class"]["skin"] > 1000
+    # The collage's black band above the smaller photo: the wide crop reaches into it, and once labelled a
+    # stripe of it as hat, hair and skin (1,375 pixels).
+    labels = np.asarray(Image.open(tmp_path / "two_faces_labels.png"))
+    assert not labels[: 512 - 384, 512:].any()
 
 
 def test_faces_at_the_edge_larger_than_the_photo_or_thirty_small_ones(parser: FaceParser) -> None:

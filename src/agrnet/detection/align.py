@@ -47,6 +47,9 @@ def alignment_matrix(landmarks: np.ndarray, size: float, side: int | None = None
     return _umeyama(np.asarray(landmarks, dtype=np.float64), template)
 
 
+Window = tuple[slice, slice]
+
+
 def align_face(
     image: np.ndarray, landmarks: np.ndarray, size: float, side: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +63,58 @@ def align_face(
     matrix = alignment_matrix(landmarks, size, side)
     crop = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return crop, matrix
+
+
+# A letterbox or collage bar between a face and the edge of its widest crop: lines of one flat colour, within
+# this many levels per channel (JPEG-coded bars are not exactly constant) and at least _BAR_LINES thick.
+_BAR_TOLERANCE = 6
+_BAR_LINES = 2
+
+
+def _bar_lines(lines: np.ndarray) -> int:
+    """(n, m, C) uint8 lines of pixels, the first at the crop's edge and the last next to the face -> how many
+    leading lines together hold one flat colour (0 when fewer than _BAR_LINES)."""
+    if lines.size == 0:
+        return 0
+    low = np.minimum.accumulate(lines.min(1).astype(np.int16), axis=0)
+    high = np.maximum.accumulate(lines.max(1).astype(np.int16), axis=0)
+    flat = ((high - low) <= _BAR_TOLERANCE).all(-1)
+    count = len(lines) if flat.all() else int(np.argmin(flat))
+    return count if count >= _BAR_LINES else 0
+
+
+def content_window(image: np.ndarray, box: np.ndarray, matrix: np.ndarray, side: int) -> Window:
+    """The photo rows and columns a face's crops may label: the photo less any flat bar (a letterboxed video
+    still, a collage's padding, a photo's border, a plain backdrop) between the face's (4,) box and the edge
+    of its widest (side, side) crop, given by that crop's (2, 3) matrix.
+
+    Why: a black bar at the edge of a wide crop is a hard edge the parser never saw in training, and it labels
+    a stripe of the bar as hair, hat or skin. One flat colour from the crop's edge up to a line is never a
+    face part (hair or skin in any of those lines would break the flatness), so nothing is pasted there. The
+    crops still see the bar: reflecting the content there instead changed the parse of faces in front of
+    plain backdrops for the worse (benchmarks/letterbox_bars.py).
+    """
+    height, width = image.shape[:2]
+    full = (slice(0, height), slice(0, width))
+    reach = _footprint(matrix, side, height, width)
+    if reach is None:
+        return full
+    rows, cols = reach
+    x0, y0 = np.clip(np.floor(box[:2]).astype(int), 0, [width, height])
+    x1, y1 = np.clip(np.ceil(box[2:]).astype(int), 0, [width, height])
+    across_rows, across_cols = rows, cols
+    for _ in range(2):  # a bar of another colour on one side breaks the lines across it: cut, then scan again
+        top = _bar_lines(image[rows.start : max(rows.start, y0), across_cols])
+        bottom = _bar_lines(image[min(y1, rows.stop) : rows.stop, across_cols][::-1])
+        left = _bar_lines(image[across_rows, cols.start : max(cols.start, x0)].swapaxes(0, 1))
+        right = _bar_lines(image[across_rows, min(x1, cols.stop) : cols.stop][:, ::-1].swapaxes(0, 1))
+        across_rows = slice(rows.start + top, rows.stop - bottom)
+        across_cols = slice(cols.start + left, cols.stop - right)
+    # Cut only bars that were found: without one, the side stays at the photo's edge.
+    return (
+        slice(rows.start + top if top else 0, rows.stop - bottom if bottom else height),
+        slice(cols.start + left if left else 0, cols.stop - right if right else width),
+    )
 
 
 def _footprint(matrix: np.ndarray, side: int, height: int, width: int) -> tuple[slice, slice] | None:
@@ -228,16 +283,24 @@ class PhotoCanvas:
             self.probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
             self.probabilities[0] = 1.0
 
-    def paste(self, crop_probabilities: np.ndarray, matrix: np.ndarray, view: int = 0) -> None:
+    def paste(
+        self, crop_probabilities: np.ndarray, matrix: np.ndarray, view: int = 0, window: Window | None = None
+    ) -> None:
         """Warp one crop's (Nc, S, S) probabilities back with its (2, 3) photo -> crop matrix; ``view``: its
-        view's index, 0 the training framing, higher wider."""
+        view's index, 0 the training framing, higher wider; ``window``: photo rows and cols it may paste on
+        (default: all)."""
         if not 0 <= view < MAX_VIEWS:
             raise ValueError(f"view must be from 0 to {MAX_VIEWS - 1}, got {view}")
         height, width = self.labels.shape
-        window = _footprint(matrix, crop_probabilities.shape[-1], height, width)
-        if window is None:
+        reach = _footprint(matrix, crop_probabilities.shape[-1], height, width)
+        if reach is None:
             return
-        rows, cols = window
+        rows, cols = reach
+        if window is not None:
+            rows = slice(max(rows.start, window[0].start), min(rows.stop, window[0].stop))
+            cols = slice(max(cols.start, window[1].start), min(cols.stop, window[1].stop))
+            if rows.start >= rows.stop or cols.start >= cols.stop:
+                return
         step = max(1, _STRIP_PIXELS // max(1, cols.stop - cols.start))
         planes = np.ascontiguousarray(crop_probabilities, dtype=np.float32)
         sure = _sure_labels(planes) if self.probabilities is None else None
@@ -293,7 +356,8 @@ def parse_photo_faces(
     A view (scale, side) is a (side, side) crop with the face as large as in a ``scale`` x ``scale`` training
     crop (``alignment_matrix``); default one view, (size, size): the training framing. Views go from the
     narrowest, which decides where it reaches, to the widest; each adds face parts where the ones before it saw
-    background or did not reach (see ``PhotoCanvas``). Returns (H, W) uint8
+    background or did not reach (see ``PhotoCanvas``); no crop pastes on a flat bar between the face and the
+    widest crop's edge (``content_window``). Returns (H, W) uint8
     labels and, with ``probabilities``, (Nc, H, W) float32 probabilities (else None); all background when
     ``faces`` is empty. Memory: one chunk of crops (chunk x views) plus the photo's labels and claims.
     """
@@ -304,15 +368,20 @@ def parse_photo_faces(
         raise ValueError(f"every view must have the same side (one network batch), got {views}")
     if len(views) > MAX_VIEWS:
         raise ValueError(f"at most {MAX_VIEWS} views per face, got {len(views)}")
+    widest, side = min(scale for scale, _ in views), views[0][1]
     for start in range(0, len(faces), chunk):
+        batch = faces[start : start + chunk]
+        windows = [
+            content_window(image, face.box, alignment_matrix(face.landmarks, widest, side), side) for face in batch
+        ]
         # View-major, so that every primary crop is pasted before any wide one, as with one call per view;
         # one network batch for all views is cheaper on the CPU than one per view.
         aligned = [
-            (view, *align_face(image, face.landmarks, scale, side))
-            for view, (scale, side) in enumerate(views)
-            for face in faces[start : start + chunk]
+            (view, window, *align_face(image, face.landmarks, scale, side))
+            for view, (scale, _) in enumerate(views)
+            for face, window in zip(batch, windows, strict=True)
         ]
-        parsed = parse_crops([crop for _, crop, _ in aligned])
-        for crop_probabilities, (view, _, matrix) in zip(parsed, aligned, strict=True):
-            canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, view=view)
+        parsed = parse_crops([crop for _, _, crop, _ in aligned])
+        for crop_probabilities, (view, window, _, matrix) in zip(parsed, aligned, strict=True):
+            canvas.paste(np.asarray(crop_probabilities, dtype=np.float32), matrix, view=view, window=window)
     return canvas.labels, canvas.probabilities
