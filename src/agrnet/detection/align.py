@@ -74,8 +74,9 @@ _BAR_LINES = 2
 def _bar_lines(lines: np.ndarray) -> int:
     """(n, m, C) uint8 lines of pixels, the first at the crop's edge and the last next to the face -> how many
     leading lines together hold one flat colour (0 when fewer than _BAR_LINES)."""
-    if lines.size == 0:
-        return 0
+    edge = lines[:_BAR_LINES]
+    if len(edge) < _BAR_LINES or np.ptp(edge.reshape(-1, edge.shape[-1]), axis=0).max() > _BAR_TOLERANCE:
+        return 0  # the common case, decided without reading the rest: the crop's edge is no bar
     low = np.minimum.accumulate(lines.min(1).astype(np.int16), axis=0)
     high = np.maximum.accumulate(lines.max(1).astype(np.int16), axis=0)
     flat = ((high - low) <= _BAR_TOLERANCE).all(-1)
@@ -108,6 +109,8 @@ def content_window(image: np.ndarray, box: np.ndarray, matrix: np.ndarray, side:
         bottom = _bar_lines(image[min(y1, rows.stop) : rows.stop, across_cols][::-1])
         left = _bar_lines(image[across_rows, cols.start : max(cols.start, x0)].swapaxes(0, 1))
         right = _bar_lines(image[across_rows, min(x1, cols.stop) : cols.stop][:, ::-1].swapaxes(0, 1))
+        if not (top or bottom or left or right):
+            break
         across_rows = slice(rows.start + top, rows.stop - bottom)
         across_cols = slice(cols.start + left, cols.stop - right)
     # Cut only bars that were found: without one, the side stays at the photo's edge.
