@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -236,7 +237,17 @@ def test_kill_9_mid_run_then_a_rerun_finishes_without_repeats(checkpoint: Path, 
     assert not list((out / STATE / "tmp").iterdir()) and not list((out / STATE / "parts").iterdir())
 
 
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """A suite started in the background by a non-interactive shell (``pytest &``) ignores SIGINT, and a child
+    process inherits that and would never see Ctrl-C: give this process Python's handler while the test runs."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("layout", ["flat", "tree"])
+@pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_stops_cleanly_and_says_what_was_done(checkpoint: Path, tmp_path: Path, layout: str) -> None:
     for i in range(40):
         _photo(tmp_path / "in" / f"{i:02d}.png", size=(96, 96))
