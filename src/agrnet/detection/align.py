@@ -79,9 +79,8 @@ def _bar_lines(lines: np.ndarray) -> int:
         return 0  # the common case, decided without reading the rest: the crop's edge is no bar
     low = np.minimum.accumulate(lines.min(1).astype(np.int16), axis=0)
     high = np.maximum.accumulate(lines.max(1).astype(np.int16), axis=0)
-    flat = ((high - low) <= _BAR_TOLERANCE).all(-1)
-    count = len(lines) if flat.all() else int(np.argmin(flat))
-    return count if count >= _BAR_LINES else 0
+    flat = ((high - low) <= _BAR_TOLERANCE).all(-1)  # the first _BAR_LINES are flat: checked above
+    return len(lines) if flat.all() else int(np.argmin(flat))
 
 
 def content_window(image: np.ndarray, box: np.ndarray, matrix: np.ndarray, side: int) -> Window:
