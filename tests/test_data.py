@@ -9,6 +9,7 @@ from PIL import Image
 
 from agrnet.data.classes import CELEBAMASK_HQ, LAPA, colorize
 from agrnet.data.datasets import DatasetError, open_split
+from agrnet.data.sampling import EpochSampler, repeat_factors
 from agrnet.data.synth import generate
 from agrnet.data.transforms import Augmentation, letterbox_matrix, unletterbox, unletterbox_labels, warp_pair
 
@@ -258,3 +259,49 @@ def test_degradation_blurs_and_compresses_only_when_drawn() -> None:
     assert degraded.astype(float).std() < 0.5 * image.astype(float).std()
     again = Augmentation(degrade=1.0).degrade_image(image, np.random.default_rng(1))
     assert np.array_equal(degraded, again)
+
+
+def test_repeat_factors_by_hand() -> None:
+    # class 0 in all 4 images, class 1 in 1 of 4 (f = 0.25), class 2 in 2 of 4 (f = 0.5), class 3 in none
+    presence = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    np.testing.assert_allclose(repeat_factors(presence, 1.0), [2.0, np.sqrt(2), np.sqrt(2), 1.0])
+    np.testing.assert_allclose(repeat_factors(presence, 0.25), [1.0, 1.0, 1.0, 1.0])  # f >= t: no repeat
+    np.testing.assert_allclose(repeat_factors(presence, 0.0), np.ones(4))
+
+
+def test_epoch_sampler_repeats_rare_images_and_keeps_its_order_and_length() -> None:
+    size, rare = 40, 3
+    repeats = np.ones(size)
+    repeats[rare] = 3.5
+    sampler = EpochSampler(size, seed=5, repeats=repeats)
+    seen, copies_seen = np.zeros(size), 0
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        keys = list(sampler)
+        assert len(keys) == size == len(sampler)
+        assert len(set(keys)) == size  # a repeated image's copies have keys (and augmentations) of their own
+        for key in keys:
+            seen[key[1]] += 1
+            copies_seen += len(key) == 3
+    # the rare image is drawn 3.5 times as often as each other image (binomial noise: about 3 %)
+    ratio = seen[rare] / np.delete(seen, rare).mean()
+    assert 3.1 < ratio < 3.9, ratio
+    assert copies_seen > 0
+    sampler.set_epoch(7)
+    whole = list(sampler)
+    sampler.set_epoch(7, start=13)
+    assert list(sampler) == whole[13:]  # resume mid-epoch sees the same remaining keys
+    plain = EpochSampler(size, seed=5)
+    plain.set_epoch(2)
+    assert sorted(key[1] for key in plain) == list(range(size))  # no repeats: a permutation
+    with pytest.raises(ValueError, match="repeats must be 40 factors >= 1"):
+        EpochSampler(size, seed=5, repeats=np.full(size, 0.5))
+
+
+def test_copies_of_one_image_are_augmented_differently(tmp_path: Path) -> None:
+    _lapa(tmp_path)
+    ds = open_split("lapa", tmp_path, "train", 32, Augmentation("paper", flip=True), seed=0)
+    first, copy = ds[(0, 1)], ds[(0, 1, 1)]
+    assert first["index"] == copy["index"] == 1
+    assert not torch.equal(first["image"], copy["image"])
+    torch.testing.assert_close(ds[(0, 1)]["image"], first["image"])  # and each is reproducible

@@ -16,7 +16,8 @@ from conftest import TINY_TRAINING, tiny_train_config
 
 from agrnet.checkpoints import load_checkpoint, model_from_checkpoint
 from agrnet.config import ConfigError, load_config
-from agrnet.data.datasets import class_frequencies, load_labels, open_split
+from agrnet.data.datasets import class_counts, class_frequencies, load_labels, open_split
+from agrnet.data.sampling import repeat_factors
 from agrnet.data.synth import generate
 from agrnet.losses import balanced_class_weights
 from agrnet.train import train
@@ -111,6 +112,23 @@ def test_class_balance_weighs_by_the_train_label_frequencies(
     assert f"{names[rarest]}={weights[rarest]:.2f}" in caplog.text
     with pytest.raises(ConfigError, match="loss.class_balance must be a finite number >= 0"):
         load_config("synthetic", ["loss.class_balance=-0.5"])
+
+
+def test_repeat_threshold_repeats_the_images_of_rare_classes(
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    split = open_split("synthetic", str(synthetic_root), "train", 48)
+    presence = class_counts(split) > 0
+    expected = repeat_factors(presence, 1.0)
+    assert expected.max() > 1, "the synthetic split has no class rarer than the others"
+    with caplog.at_level(logging.INFO, logger="agrnet.train"):
+        config = tiny_train_config(synthetic_root, tmp_path / "run", "iterations=3", "data.repeat_threshold=1")
+        train(config, progress=False)
+    assert all(np.isfinite(_losses(tmp_path / "run")))
+    repeated = int((expected > 1).sum())
+    assert f"{repeated} of {len(expected)} images repeated, up to {expected.max():.2f} times" in caplog.text
+    with pytest.raises(ConfigError, match="data.repeat_threshold is a share of images in"):
+        load_config("synthetic", ["data.repeat_threshold=2"])
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

@@ -34,7 +34,10 @@ class DataConfig:
     range of ``augment=paper`` (and the clip of ``code``); the paper's 0.75-1.25. A lower ``scale_min``
     puts zoomed-out framings (a face small in its canvas, as in a wide crop) in distribution. degrade:
     the probability that a training sample is shown as a small, JPEG-compressed photo blown up to the
-    canvas (0: never, the default; faces from small in-the-wild photos look like that)."""
+    canvas (0: never, the default; faces from small in-the-wild photos look like that).
+    repeat_threshold: repeat-factor sampling (LVIS): an image whose rarest class lies in a share f
+    of the train images below this threshold t is seen sqrt(t / f) times as often (0: off, the
+    default; e.g. 0.3 shows CCP's 9 glove photos 4.8 times as often)."""
 
     kind: str = "lapa"
     root: str = ""
@@ -48,6 +51,7 @@ class DataConfig:
     scale_min: float = 0.75
     scale_max: float = 1.25
     degrade: float = 0.0
+    repeat_threshold: float = 0.0
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
@@ -234,6 +238,8 @@ def check_ranges(config: TrainConfig) -> None:
         raise ConfigError(f"data.scale_min and data.scale_max must satisfy 0 < min <= max, got {low} and {high}")
     if not (math.isfinite(config.data.degrade) and 0 <= config.data.degrade <= 1):
         raise ConfigError(f"data.degrade is a probability in [0, 1], got {config.data.degrade}")
+    if not (math.isfinite(config.data.repeat_threshold) and 0 <= config.data.repeat_threshold <= 1):
+        raise ConfigError(f"data.repeat_threshold is a share of images in [0, 1], got {config.data.repeat_threshold}")
     if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
     if not DEVICE_PATTERN.fullmatch(config.device):

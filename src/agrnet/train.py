@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -31,7 +32,8 @@ from tqdm import tqdm
 from agrnet.build import build_agrnet
 from agrnet.checkpoints import atomic_save, load_checkpoint
 from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
-from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_frequencies, open_split
+from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_counts, class_frequencies, open_split
+from agrnet.data.sampling import EpochSampler, repeat_factors
 from agrnet.data.transforms import Augmentation
 from agrnet.devices import resolve_device
 from agrnet.evaluate import evaluate_dataset
@@ -41,32 +43,6 @@ from agrnet.outputs import prepare_out_dir
 from agrnet.pretrained import pretrained_path
 
 log = logging.getLogger(__name__)
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Yields (epoch, index) keys: a permutation per epoch seeded by (seed, epoch), sharded by rank.
-
-    ``start`` skips the keys already consumed in the current epoch, so a resumed run sees exactly
-    the batches the interrupted one would have.
-    """
-
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.size, self.seed, self.rank, self.world = size, seed, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def per_rank(self) -> int:
-        return self.size // self.world
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)[self.rank :: self.world][: self.per_rank()]
-        return iter([(self.epoch, int(i)) for i in order[self.start :]])
-
-    def __len__(self) -> int:
-        return self.per_rank() - self.start
 
 
 @dataclass
@@ -316,7 +292,7 @@ def _train_loader(
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
     batch = config.optim.batch_size
-    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world)
+    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world, _repeat_factors(config, train_set, d))
     iters_per_epoch = sampler.per_rank() // batch
     if iters_per_epoch == 0:
         raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
@@ -325,6 +301,21 @@ def _train_loader(
         pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
     )  # fmt: skip
     return loader, sampler, iters_per_epoch, train_set
+
+
+def _repeat_factors(config: TrainConfig, train_set: ParsingDataset, d: Distributed) -> np.ndarray | None:
+    """Per-image repeat factors of ``data.repeat_threshold`` (None at 0), from the train labels."""
+    threshold = config.data.repeat_threshold
+    if not threshold:
+        return None
+    presence = class_counts(train_set, skip_bad=config.data.skip_bad_samples) > 0
+    factors = repeat_factors(presence, threshold)
+    if d.main:
+        log.info(
+            "repeat-factor sampling (data.repeat_threshold=%g): %d of %d images repeated, up to %.2f times",
+            threshold, int((factors > 1).sum()), len(factors), factors.max(),
+        )  # fmt: skip
+    return factors
 
 
 def _class_weights(config: TrainConfig, train_set: ParsingDataset, d: Distributed) -> torch.Tensor | None:

@@ -150,17 +150,18 @@ class ParsingDataset(torch.utils.data.Dataset):
                 )
         return image, labels
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
-        epoch, index = key if isinstance(key, tuple) else (None, key)
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, torch.Tensor | int]:
+        """key: an index, or a training key (epoch, index[, copy]) whose augmentation it seeds."""
+        augmentation, index = (self.augmentation, key[1]) if isinstance(key, tuple) else (None, key)
         image, labels = self.load(index)
         scale, angle, flip = 1.0, 0.0, False
-        if self.augmentation is not None and epoch is not None:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            scale, angle, flip = self.augmentation.sample(rng)
+        if augmentation is not None:
+            rng = np.random.default_rng([self.seed, *key])  # type: ignore[misc]
+            scale, angle, flip = augmentation.sample(rng)
         image, warped = warp_pair(image, labels, self.size, scale, angle, self._flip_lut if flip else None)
         assert warped is not None
-        if self.augmentation is not None and epoch is not None:
-            image = self.augmentation.degrade_image(image, rng)
+        if augmentation is not None:
+            image = augmentation.degrade_image(image, rng)
         label_tensor = torch.from_numpy(warped.astype(np.int64))
         return {
             "image": to_tensor(image),
@@ -170,19 +171,26 @@ class ParsingDataset(torch.utils.data.Dataset):
         }
 
 
-def class_frequencies(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
-    """(Nc,) float64 pixel fraction of each class over the dataset's original labels (ignored
-    pixels left out). ``skip_bad``: leave out unreadable labels instead of raising."""
+def class_counts(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
+    """(N, Nc) int64 pixels of each class in each image's original labels (ignored pixels left
+    out). ``skip_bad``: an unreadable label counts as no pixels instead of raising."""
     num_classes = dataset.spec.num_classes
-    counts = np.zeros(num_classes, dtype=np.int64)
-    for sample in dataset.samples:
+    counts = np.zeros((len(dataset.samples), num_classes), dtype=np.int64)
+    for i, sample in enumerate(dataset.samples):
         try:
             labels = load_labels(sample, num_classes)
         except DatasetError:
             if not skip_bad:
                 raise
             continue
-        counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+        counts[i] = np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    return counts
+
+
+def class_frequencies(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
+    """(Nc,) float64 pixel fraction of each class over the dataset's original labels (ignored
+    pixels left out). ``skip_bad``: leave out unreadable labels instead of raising."""
+    counts = class_counts(dataset, skip_bad).sum(axis=0)
     if counts.sum() == 0:
         raise DatasetError("no labelled pixel in the split: class frequencies are undefined")
     return counts / counts.sum()
