@@ -20,10 +20,8 @@ def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
     images, _ = presence.shape
     if images == 0:
         raise ValueError("repeat factors need at least one image")
-    image_share = presence.mean(axis=0)
-    with np.errstate(divide="ignore"):
-        per_class = np.where(image_share > 0, np.sqrt(threshold / np.maximum(image_share, 1e-12)), 1.0)
-    per_class = np.maximum(per_class, 1.0)
+    # A class in no image gets a huge factor that no image ever takes.
+    per_class = np.maximum(np.sqrt(threshold / np.maximum(presence.mean(axis=0), 1e-12)), 1.0)
     return np.where(presence, per_class[None, :], 1.0).max(axis=1)
 
 
