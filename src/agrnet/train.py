@@ -32,7 +32,7 @@ from tqdm import tqdm
 from agrnet.build import build_agrnet
 from agrnet.checkpoints import atomic_save, load_checkpoint
 from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
-from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_counts, class_frequencies, open_split
+from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_counts, open_split, pixel_frequencies
 from agrnet.data.sampling import EpochSampler, repeat_factors
 from agrnet.data.transforms import Augmentation
 from agrnet.devices import resolve_device
@@ -282,34 +282,46 @@ def _build_run(config: TrainConfig, d: Distributed, device: torch.device, class_
     return _Run(config, model, net, optimizer, scheduler, scaler, criterion, device, amp_dtype, d)
 
 
-def _train_loader(
-    config: TrainConfig, num_classes: int, d: Distributed, device: torch.device
-) -> tuple[torch.utils.data.DataLoader, EpochSampler, int, ParsingDataset]:
-    """-> (loader of (batch, errors), its sampler, iterations per epoch, the train split)."""
+def _open_train_split(config: TrainConfig, num_classes: int) -> ParsingDataset:
     data = config.data
     augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade)
     train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
+    return train_set
+
+
+def _train_label_counts(config: TrainConfig, train_set: ParsingDataset) -> np.ndarray | None:
+    """(N, Nc) class pixels per train label, read once for both options that need them (None when neither
+    does). Recomputed on resume: the same labels give the same counts, so checkpoints need not carry them."""
+    if not (config.data.repeat_threshold or config.loss.class_balance):
+        return None
+    return class_counts(train_set, skip_bad=config.data.skip_bad_samples)
+
+
+def _train_loader(
+    config: TrainConfig, train_set: ParsingDataset, repeats: np.ndarray | None, d: Distributed, device: torch.device
+) -> tuple[torch.utils.data.DataLoader, EpochSampler, int]:
+    """-> (loader of (batch, errors), its sampler, iterations per epoch)."""
     batch = config.optim.batch_size
-    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world, _repeat_factors(config, train_set, d))
+    sampler = EpochSampler(len(train_set), config.seed, d.rank, d.world, repeats)
     iters_per_epoch = sampler.per_rank() // batch
     if iters_per_epoch == 0:
         raise ValueError(f"the train split ({len(train_set)} images) is smaller than one batch ({batch} per process)")
     loader = torch.utils.data.DataLoader(
-        _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=data.workers, drop_last=True,
+        _Guarded(train_set), batch_size=batch, sampler=sampler, num_workers=config.data.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=_collate_readable,
     )  # fmt: skip
-    return loader, sampler, iters_per_epoch, train_set
+    return loader, sampler, iters_per_epoch
 
 
-def _repeat_factors(config: TrainConfig, train_set: ParsingDataset, d: Distributed) -> np.ndarray | None:
-    """Per-image repeat factors of ``data.repeat_threshold`` (None at 0), from the train labels."""
+def _repeat_factors(config: TrainConfig, counts: np.ndarray | None, d: Distributed) -> np.ndarray | None:
+    """Per-image repeat factors of ``data.repeat_threshold`` (None at 0) from the train label counts."""
     threshold = config.data.repeat_threshold
     if not threshold:
         return None
-    presence = class_counts(train_set, skip_bad=config.data.skip_bad_samples) > 0
-    factors = repeat_factors(presence, threshold)
+    assert counts is not None
+    factors = repeat_factors(counts > 0, threshold)
     if d.main:
         log.info(
             "repeat-factor sampling (data.repeat_threshold=%g): %d of %d images repeated, up to %.2f times",
@@ -318,16 +330,17 @@ def _repeat_factors(config: TrainConfig, train_set: ParsingDataset, d: Distribut
     return factors
 
 
-def _class_weights(config: TrainConfig, train_set: ParsingDataset, d: Distributed) -> torch.Tensor | None:
-    """The CE class weights of ``loss.class_balance`` from the train split's label frequencies (None at 0).
-    Recomputed on resume: the same labels give the same weights, so checkpoints need not carry them."""
+def _class_weights(
+    config: TrainConfig, counts: np.ndarray | None, class_names: tuple[str, ...], d: Distributed
+) -> torch.Tensor | None:
+    """The CE class weights of ``loss.class_balance`` (None at 0) from the train label counts."""
     power = config.loss.class_balance
     if not power:
         return None
-    frequencies = torch.from_numpy(class_frequencies(train_set, skip_bad=config.data.skip_bad_samples))
-    weights = balanced_class_weights(frequencies, power)
+    assert counts is not None
+    weights = balanced_class_weights(torch.from_numpy(pixel_frequencies(counts.sum(axis=0))), power)
     if d.main:
-        named = ", ".join(f"{n}={w:.2f}" for n, w in zip(train_set.spec.class_names, weights.tolist(), strict=True))
+        named = ", ".join(f"{n}={w:.2f}" for n, w in zip(class_names, weights.tolist(), strict=True))
         log.info("class weights (loss.class_balance=%g): %s", power, named)
     return weights
 
@@ -420,8 +433,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
     out_dir = Path(config.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
-    loader, sampler, iters_per_epoch, train_set = _train_loader(config, config.resolved_model().num_classes, d, device)
-    run = _build_run(config, d, device, _class_weights(config, train_set, d))
+    train_set = _open_train_split(config, config.resolved_model().num_classes)
+    counts = _train_label_counts(config, train_set)
+    loader, sampler, iters_per_epoch = _train_loader(config, train_set, _repeat_factors(config, counts, d), d, device)
+    run = _build_run(config, d, device, _class_weights(config, counts, train_set.spec.class_names, d))
     val_set = _optional_split(config, "val")
     if resume:
         run.restore(last_path)

@@ -190,7 +190,11 @@ def class_counts(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
 def class_frequencies(dataset: ParsingDataset, skip_bad: bool = False) -> np.ndarray:
     """(Nc,) float64 pixel fraction of each class over the dataset's original labels (ignored
     pixels left out). ``skip_bad``: leave out unreadable labels instead of raising."""
-    counts = class_counts(dataset, skip_bad).sum(axis=0)
+    return pixel_frequencies(class_counts(dataset, skip_bad).sum(axis=0))
+
+
+def pixel_frequencies(counts: np.ndarray) -> np.ndarray:
+    """counts: (Nc,) labelled pixels per class. -> (Nc,) float64 share of each class."""
     if counts.sum() == 0:
         raise DatasetError("no labelled pixel in the split: class frequencies are undefined")
     return counts / counts.sum()
