@@ -94,6 +94,19 @@ def test_init_from_starts_a_fresh_run_from_the_source_weights(synthetic_root: Pa
         train(wider, progress=False)
 
 
+def test_init_from_takes_a_stride_16_model_to_stride_8(synthetic_root: Path, tmp_path: Path) -> None:
+    mobilenet = ["model.backbone=mobilenet_v2", "iterations=1"]
+    source = train(tiny_train_config(synthetic_root, tmp_path / "os16", *mobilenet, "model.output_stride=16"),
+                   progress=False)  # fmt: skip
+    extra = [*mobilenet, "model.output_stride=8", f"init_from={source}", "optim.lr=1e-12", "optim.momentum=0"]
+    tuned = train(tiny_train_config(synthetic_root, tmp_path / "os8", *extra), progress=False)
+    model, config = model_from_checkpoint(tuned)
+    assert config.model.output_stride == 8 and model.backbone.feature_info[-1].stride == 8
+    before, after = load_checkpoint(source)["model"], load_checkpoint(tuned)["model"]
+    for name, _ in model.named_parameters():
+        torch.testing.assert_close(after[name], before[name], msg=f"{name} not taken over")
+
+
 def test_class_balance_weighs_by_the_train_label_frequencies(
     synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

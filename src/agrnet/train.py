@@ -215,18 +215,21 @@ class _Run:
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
-    def _model_changes(self, stored_config: dict[str, Any], ignore: str = "") -> dict[str, tuple[Any, Any]]:
+    def _model_changes(
+        self, stored_config: dict[str, Any], ignore: tuple[str, ...] = ()
+    ) -> dict[str, tuple[Any, Any]]:
         """Model settings of a checkpoint's config that differ from this run's: {key: (stored, now)}."""
         stored = asdict(from_dict(stored_config).resolved_model())
         current = asdict(self.config.resolved_model())
-        return {k: (stored.get(k), v) for k, v in current.items() if k != ignore and stored.get(k) != v}
+        return {k: (stored.get(k), v) for k, v in current.items() if k not in ignore and stored.get(k) != v}
 
     def initialise_from(self, source: str) -> None:
         """Start from the weights of ``source`` (a checkpoint path or a shipped model name): fine-tuning.
-        The models must agree in everything but their initialisation (``pretrained``)."""
+        The models must agree in everything but their initialisation (``pretrained``) and output stride
+        (dilation changes no weight's shape: DeepLab's way of fine-tuning a stride-16 model at stride 8)."""
         path = Path(source) if Path(source).is_file() else pretrained_path(source)
         state = load_checkpoint(path, self.device)
-        changed = self._model_changes(state["config"], ignore="pretrained")
+        changed = self._model_changes(state["config"], ignore=("pretrained", "output_stride"))
         if changed:
             raise ValueError(f"init_from={source}: its model differs from this run's (source vs now: {changed})")
         self.model.load_state_dict(state["model"])  # fp16 shipped weights are copied into fp32 parameters
