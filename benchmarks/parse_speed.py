@@ -2,7 +2,8 @@
 
 Side by side, in interleaved rounds of one run: the shipped model (``Parser.from_pretrained()``,
 its training canvas) and the same weights at the other two of 256, 384 and 512 (``size=``), against the
-ResNet-18 AGRNet default (C = 256, 512 canvas, untrained: speed only), each parsing a 512x512 aligned face
+ResNet-18 AGRNet default (C = 256, 512 canvas, untrained: speed only) and the shipped weights rebuilt at
+the other MobileNetV2 output stride (8 or 16: what the stride costs; speed only), each parsing a 512x512 aligned face
 to a label map at 512x512; the shipped model on a ~1-megapixel photo with one face through face detection,
 alignment and paste-back, with its wide second view (the default ``face_zoom``), without
 (``face_zoom=1``) and with a third, wider one (``face_zoom=(1.5, 2.5)``); and the shipped human parser on
@@ -17,6 +18,7 @@ benchmarks/results/parse_speed[_quick]_cpu.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -73,6 +75,16 @@ def network_only(model: torch.nn.Module, canvas: torch.Tensor) -> Callable[[], o
     return run
 
 
+def other_output_stride(model: torch.nn.Module, config: ModelConfig) -> Parser:
+    """The shipped face model rebuilt at the other MobileNetV2 output stride (8 <-> 16), its weights loaded
+    unchanged (dilation changes no shape): the cost of the stride, side by side; its labels mean nothing."""
+    stride = 8 if config.output_stride == 16 else 16
+    rebuilt = build_agrnet(dataclasses.replace(config, output_stride=stride, pretrained=None))
+    rebuilt.load_state_dict(model.state_dict())
+    shipped = Parser.from_pretrained(device="cpu")
+    return Parser(shipped.spec, shipped.size, model=rebuilt.eval())
+
+
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     shipped = Parser.from_pretrained(device="cpu")
     as_trained = load_pretrained()[0].eval()
@@ -82,6 +94,7 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     three_views.face_zoom = (1.5, 2.5)
     # The same weights on the two other usual canvases: whichever of 256, 384 and 512 it was not trained at.
     other_sizes = {s: Parser.from_pretrained(device="cpu", size=s) for s in (256, 384, 512) if s != shipped.size[0]}
+    other_stride = other_output_stride(as_trained, load_pretrained()[1].model)
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
     human_small = Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=(384, 256))
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
@@ -94,6 +107,10 @@ def candidates() -> dict[str, tuple[Callable[[], object], str]]:
         f"shipped (MobileNetV2, its {shipped.size[0]} canvas)": (lambda: shipped.predict(face), "512x512 face"),
         "shipped, full interpolation": (lambda: full_interpolation(shipped, face), "512x512 face"),
         **{f"shipped, size={s}": ((lambda p=p: p.predict(face)), "512x512 face") for s, p in other_sizes.items()},
+        f"shipped weights at output stride {other_stride.model.backbone.feature_info[-1].stride} (speed only)": (
+            lambda: other_stride.predict(face),
+            "512x512 face",
+        ),
         "ResNet-18 AGRNet default, 512 canvas": (lambda: resnet18.predict(face), "512x512 face"),
         "shipped + detect_faces": (lambda: shipped.predict(photo, detect_faces=True), "1155x866 photo"),
         "shipped + detect_faces, face_zoom 1": (lambda: one_view.predict(photo, detect_faces=True), "1155x866 photo"),
