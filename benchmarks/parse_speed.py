@@ -75,26 +75,26 @@ def network_only(model: torch.nn.Module, canvas: torch.Tensor) -> Callable[[], o
     return run
 
 
-def other_output_stride(model: torch.nn.Module, config: ModelConfig) -> Parser:
+def other_output_stride(shipped: Parser, model: torch.nn.Module, config: ModelConfig) -> Parser:
     """The shipped face model rebuilt at the other MobileNetV2 output stride (8 <-> 16), its weights loaded
     unchanged (dilation changes no shape): the cost of the stride, side by side; its labels mean nothing."""
     stride = 8 if config.output_stride == 16 else 16
     rebuilt = build_agrnet(dataclasses.replace(config, output_stride=stride, pretrained=None))
     rebuilt.load_state_dict(model.state_dict())
-    shipped = Parser.from_pretrained(device="cpu")
     return Parser(shipped.spec, shipped.size, model=rebuilt.eval())
 
 
 def candidates() -> dict[str, tuple[Callable[[], object], str]]:
     shipped = Parser.from_pretrained(device="cpu")
-    as_trained = load_pretrained()[0].eval()
+    as_trained, shipped_config = load_pretrained()
+    as_trained.eval()
     one_view = Parser.from_pretrained(device="cpu")
     one_view.face_zoom = 1.0
     three_views = Parser.from_pretrained(device="cpu")
     three_views.face_zoom = (1.5, 2.5)
     # The same weights on the two other usual canvases: whichever of 256, 384 and 512 it was not trained at.
     other_sizes = {s: Parser.from_pretrained(device="cpu", size=s) for s in (256, 384, 512) if s != shipped.size[0]}
-    other_stride = other_output_stride(as_trained, load_pretrained()[1].model)
+    other_stride = other_output_stride(shipped, as_trained, shipped_config.model)
     human = Parser.from_pretrained(HUMAN_PARSER, device="cpu")
     human_small = Parser.from_pretrained(HUMAN_PARSER, device="cpu", size=(384, 256))
     resnet = build_agrnet(ModelConfig(num_classes=19, backbone="resnet18")).eval()
