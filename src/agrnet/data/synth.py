@@ -49,7 +49,11 @@ def _random_colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> n
 
 
 def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> image (size, size, 3) uint8 RGB, labels (size, size) uint8, landmarks (106, 2) float."""
+    """-> image (size, size, 3) uint8 RGB, labels (size, size) uint8, landmarks (106, 2) float.
+
+    The steps draw back to front, each consuming the generator in a fixed order, so a (seed, index)
+    pair always yields the same face.
+    """
     image = np.empty((size, size, 3), dtype=np.float64)
     image[:] = _random_colour(rng, 20, 236)
     labels = np.zeros((size, size), dtype=np.uint8)
@@ -63,9 +67,30 @@ def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     face = _FaceFrame(centre, a, b, roll=rng.uniform(-25, 25), yaw=rng.uniform(-0.3, 0.3))
     skin = np.array([rng.uniform(120, 250), rng.uniform(80, 200), rng.uniform(50, 170)])
     hair = _random_colour(rng, 10, 200) * rng.uniform(0.3, 1.0)
-    landmarks: list[np.ndarray] = []
 
-    # Hair behind the head: a cap, sometimes long hair down the sides.
+    landmarks = _draw_head(rng, image, labels, face, skin, hair)
+    landmarks += _draw_brows_and_eyes(rng, image, labels, face, hair)
+    landmarks += _draw_nose(rng, image, labels, face, skin)
+    landmarks += _draw_mouth(rng, image, labels, face)
+    if rng.random() < 0.3:  # occluder: a hand, microphone or sticker in front of the face
+        oc = centre + rng.uniform(-1, 1, 2) * a
+        occluder = _ellipse_uv(*oc, *(rng.uniform(0.15, 0.45, 2) * a), 24)
+        _fill(image, labels, occluder, _random_colour(rng), 0)
+    image = _light(rng, image)
+    return np.clip(image, 0, 255).astype(np.uint8), labels, _resample(np.concatenate(landmarks), 106)
+
+
+def _draw_head(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    labels: np.ndarray,
+    face: _FaceFrame,
+    skin: np.ndarray,
+    hair: np.ndarray,
+) -> list[np.ndarray]:
+    """Hair behind the head (a cap, sometimes long hair down the sides), the skin, an optional fringe.
+
+    -> the jaw contour's landmarks."""
     cap_rv = rng.uniform(0.75, 1.0)
     _fill(image, labels, face.points(_ellipse_uv(0, -0.2, 1.18, cap_rv, 40), shift=False), hair, 10)
     if rng.random() < 0.5:
@@ -75,14 +100,21 @@ def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
 
     contour = face.points(_ellipse_uv(0, 0, 1, 1, 48), shift=False)
     _fill(image, labels, contour, skin, 1)
-    landmarks.append(face.points(_ellipse_uv(0, 0, 1, 1, 33, 0, np.pi), shift=False))
+    jaw = face.points(_ellipse_uv(0, 0, 1, 1, 33, 0, np.pi), shift=False)
 
     if rng.random() < 0.5:  # fringe over the forehead
         fringe = _ellipse_uv(rng.uniform(-0.3, 0.3), -0.95, rng.uniform(0.7, 1.1), rng.uniform(0.25, 0.45), 30)
         _fill(image, labels, face.points(fringe, shift=False), hair, 10)
+    return [jaw]
 
+
+def _draw_brows_and_eyes(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, face: _FaceFrame, hair: np.ndarray
+) -> list[np.ndarray]:
+    """-> per side, the brow's and the eye's landmarks (image left first)."""
     brow_colour = hair * rng.uniform(0.5, 1.0)
     eye_open = rng.uniform(0.35, 1.0)
+    landmarks = []
     for side, (brow_cls, eye_cls) in ((-1, (2, 4)), (1, (3, 5))):
         eu, ev = side * rng.uniform(0.33, 0.42), rng.uniform(-0.18, -0.05)
         top = _ellipse_uv(eu, ev - 0.16, 0.2, 0.06, 9, np.pi, 2 * np.pi)
@@ -95,12 +127,20 @@ def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
         iris = _ellipse_uv(eu + rng.uniform(-0.04, 0.04), ev, 0.05, 0.05 * eye_open, 12)
         _fill(image, labels, face.points(iris), _random_colour(rng, 0, 120), eye_cls)
         landmarks.append(face.points(eye[::2]))
+    return landmarks
 
+
+def _draw_nose(
+    rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, face: _FaceFrame, skin: np.ndarray
+) -> list[np.ndarray]:
     nose_len = rng.uniform(0.2, 0.32)
     nose = np.array([[0.0, -0.05], [0.1, nose_len], [0.0, nose_len + 0.04], [-0.1, nose_len]])
     _fill(image, labels, face.points(nose), skin * rng.uniform(0.7, 0.9), 6)
-    landmarks.append(face.points(np.concatenate([nose, _ellipse_uv(0, nose_len, 0.08, 0.03, 11)])))
+    return [face.points(np.concatenate([nose, _ellipse_uv(0, nose_len, 0.08, 0.03, 11)]))]
 
+
+def _draw_mouth(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, face: _FaceFrame) -> list[np.ndarray]:
+    """Lips, open (inner mouth visible) in about half the faces."""
     mv, mw = rng.uniform(0.5, 0.6), rng.uniform(0.25, 0.4)
     opening = rng.uniform(0.0, 0.12) if rng.random() < 0.6 else 0.0
     lip = np.array([rng.uniform(150, 230), rng.uniform(40, 110), rng.uniform(50, 120)])
@@ -114,14 +154,12 @@ def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
         _fill(image, labels, face.points(inner), np.array([60.0, 20, 30]) * rng.uniform(0.5, 1.5), 8)
     _fill(image, labels, face.points(upper), lip, 7)
     _fill(image, labels, face.points(lower), lip * 0.9, 9)
-    landmarks.append(face.points(np.concatenate([upper[::2], lower[::2]])))
+    return [face.points(np.concatenate([upper[::2], lower[::2]]))]
 
-    if rng.random() < 0.3:  # occluder: a hand, microphone or sticker in front of the face
-        oc = centre + rng.uniform(-1, 1, 2) * a
-        occluder = _ellipse_uv(*oc, *(rng.uniform(0.15, 0.45, 2) * a), 24)
-        _fill(image, labels, occluder, _random_colour(rng), 0)
 
-    # Lighting: a linear gradient of random direction and strength, then noise and optional blur.
+def _light(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A linear gradient of random direction and strength, then sensor noise and an optional blur."""
+    size = image.shape[0]
     ys, xs = np.mgrid[0:size, 0:size] / size - 0.5
     angle = rng.uniform(0, 2 * np.pi)
     light = 1 + rng.uniform(0, 0.8) * (np.cos(angle) * xs + np.sin(angle) * ys)
@@ -129,8 +167,7 @@ def draw_face(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     image += rng.normal(0, rng.uniform(0, 12), image.shape)
     if rng.random() < 0.3:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.2))
-    points = np.concatenate(landmarks)
-    return np.clip(image, 0, 255).astype(np.uint8), labels, _resample(points, 106)
+    return image
 
 
 def _resample(points: np.ndarray, n: int) -> np.ndarray:
