@@ -348,26 +348,68 @@ def make_app(parser: Parser, limits: Limits | None = None) -> Starlette:
     return app
 
 
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _answer(description: str, schema: dict[str, object] = _ERROR) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def openapi_schema(limits: Limits) -> dict[str, object]:
     """The JSON API as OpenAPI 3.1 (hand-written: four routes, kept next to the handlers)."""
-    error = {"$ref": "#/components/schemas/Error"}
+    parse = {
+        "summary": "Parse one face photo",
+        "parameters": [
+            {"name": "detect_faces", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+            {"name": "labels", "in": "query", "required": False, "schema": {"enum": ["png"]},
+             "description": "also return the label map as an index PNG"},
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "the image file's bytes (any format Pillow reads)",
+            "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "responses": _parse_answers(limits),
+    }  # fmt: skip
+    health = {"type": "object", "properties": {"status": {"const": "ok"}, "busy": {"type": "integer"},
+                                               "capacity": {"type": "integer"}}}  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agrnet face parsing", "version": __version__},
+        "paths": {
+            "/parse": {"post": parse},
+            "/healthz": {"get": {"summary": "Liveness and queue use", "responses": {"200": _answer("ok", health)}}},
+            "/": {"get": {"summary": "The demo page", "responses": {"200": {"description": "HTML page"}}}},
+            "/openapi.json": {"get": {"summary": "This schema", "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+        "components": {
+            "schemas": {
+                "Parsing": _parsing_schema(limits),
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            }
+        },
+    }
 
-    def answer(description: str, schema: dict[str, object] = error) -> dict[str, object]:
-        return {"description": description, "content": {"application/json": {"schema": schema}}}
 
-    parse_answers = {
-        "200": answer("the parsing", {"$ref": "#/components/schemas/Parsing"}),
-        "400": answer("not a readable image, an empty upload or a bad parameter"),
-        "408": answer(f"the body did not arrive within {limits.body_timeout_s:g} s"),
-        "413": answer(f"upload over {limits.max_upload_bytes} bytes"),
-        "422": answer(f"image over the pixel budget of {limits.max_pixels} pixels (checked from its header)"),
-        "501": answer("detect_faces asked of a parser without face detection"),
+def _parse_answers(limits: Limits) -> dict[str, object]:
+    """POST /parse's status codes, with the limits that trigger them."""
+    return {
+        "200": _answer("the parsing", {"$ref": "#/components/schemas/Parsing"}),
+        "400": _answer("not a readable image, an empty upload or a bad parameter"),
+        "408": _answer(f"the body did not arrive within {limits.body_timeout_s:g} s"),
+        "413": _answer(f"upload over {limits.max_upload_bytes} bytes"),
+        "422": _answer(f"image over the pixel budget of {limits.max_pixels} pixels (checked from its header)"),
+        "501": _answer("detect_faces asked of a parser without face detection"),
         "503": {
-            **answer("all parsing slots taken, or too many uploads at once"),
+            **_answer("all parsing slots taken, or too many uploads at once"),
             "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
         },
-        "500": answer("an unexpected failure; the server log has the details"),
+        "500": _answer("an unexpected failure; the server log has the details"),
     }
+
+
+def _parsing_schema(limits: Limits) -> dict[str, object]:
+    """POST /parse's 200 body."""
     legend_entry = {
         "type": "object",
         "required": ["name", "color", "fraction"],
@@ -407,38 +449,7 @@ def openapi_schema(limits: Limits) -> dict[str, object]:
                        "one class index per pixel (size as 'size')"},
         },
     }  # fmt: skip
-    parse = {
-        "summary": "Parse one face photo",
-        "parameters": [
-            {"name": "detect_faces", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
-            {"name": "labels", "in": "query", "required": False, "schema": {"enum": ["png"]},
-             "description": "also return the label map as an index PNG"},
-        ],
-        "requestBody": {
-            "required": True,
-            "description": "the image file's bytes (any format Pillow reads)",
-            "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
-        },
-        "responses": parse_answers,
-    }
-    health = {"type": "object", "properties": {"status": {"const": "ok"}, "busy": {"type": "integer"},
-                                               "capacity": {"type": "integer"}}}  # fmt: skip
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "agrnet face parsing", "version": __version__},
-        "paths": {
-            "/parse": {"post": parse},
-            "/healthz": {"get": {"summary": "Liveness and queue use", "responses": {"200": answer("ok", health)}}},
-            "/": {"get": {"summary": "The demo page", "responses": {"200": {"description": "HTML page"}}}},
-            "/openapi.json": {"get": {"summary": "This schema", "responses": {"200": {"description": "OpenAPI"}}}},
-        },
-        "components": {
-            "schemas": {
-                "Parsing": parsing,
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-            }
-        },
-    }
+    return parsing
 
 
 class _LingeringTransport:
