@@ -38,3 +38,28 @@ def test_quick_benchmark(script: str, result: str, tmp_path: Path) -> None:
             "baseline", "spatial", "adaptive", "adaptive_graph", "adaptive_edge", "full"
         }  # fmt: skip
         assert {row["block"] for row in payload["scaling"]} == {"agrnet_graph", "non_local", "dual_attention"}
+
+
+def test_average_weights_is_the_mean_of_floats_and_keeps_the_last_counters(tmp_path: Path) -> None:
+    import torch
+
+    from agrnet.checkpoints import atomic_save
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from average_weights import average_checkpoints
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    paths = []
+    for i, (weight, count) in enumerate([(torch.tensor([1.0, 2.0]), 5), (torch.tensor([3.0, 6.0]), 9)]):
+        state = {"config": {"seed": i}, "model": {"w": weight, "bn.num_batches_tracked": torch.tensor(count)},
+                 "optimizer": {"lr": 0.1}}  # fmt: skip
+        paths.append(tmp_path / f"{i}.pt")
+        atomic_save(state, paths[-1])
+    averaged = average_checkpoints(paths)
+    assert torch.equal(averaged["model"]["w"], torch.tensor([2.0, 4.0]))
+    assert averaged["model"]["bn.num_batches_tracked"].item() == 9 and averaged["config"] == {"seed": 1}
+    assert "optimizer" not in averaged
+    atomic_save({"config": {}, "model": {"other": torch.zeros(2)}}, tmp_path / "2.pt")
+    with pytest.raises(SystemExit, match="not one architecture"):
+        average_checkpoints([paths[0], tmp_path / "2.pt"])
