@@ -49,6 +49,20 @@ def test_smoke_training_lowers_the_loss(synthetic_root: Path, tmp_path: Path) ->
     assert stored == config and model.num_classes == 11
 
 
+def test_snapshots_are_kept_every_n_iterations_and_cleared_by_overwrite(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "swa"
+    train(tiny_train_config(synthetic_root, out, "iterations=5", "snapshot_every=2"), progress=False)
+    assert sorted(p.name for p in out.glob("snapshot_*.pt")) == ["snapshot_000002.pt", "snapshot_000004.pt"]
+    second, fourth = (load_checkpoint(out / f"snapshot_00000{i}.pt") for i in (2, 4))
+    assert (second["iteration"], fourth["iteration"]) == (2, 4)
+    assert any(not torch.equal(second["model"][k], fourth["model"][k]) for k in second["model"])  # weights moved
+
+    with pytest.raises(ValueError, match="snapshot_000002.pt"):  # a new run would mix its snapshots with these
+        train(tiny_train_config(synthetic_root, out, "iterations=1"), progress=False)
+    train(tiny_train_config(synthetic_root, out, "iterations=1"), progress=False, overwrite=True)
+    assert not list(out.glob("snapshot_*.pt"))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_weights(synthetic_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
     extra = ["iterations=10", "checkpoint_every=1"]

@@ -107,7 +107,9 @@ class TrainConfig:
     ``on_nonfinite``: stop (default) or skip a step whose loss is NaN/inf.
     ``init_from``: fine-tuning: a checkpoint path or a shipped model name (``agrnet models``) whose weights
     start a new run; optimizer, schedule and iteration count start fresh. A resumed run ignores it (its
-    ``last.pt`` holds the weights); the model settings must match the source's."""
+    ``last.pt`` holds the weights); the model settings must match the source's.
+    ``snapshot_every``: also keep ``snapshot_<iteration>.pt`` every that many iterations (0: none), the
+    checkpoints a weight average along one run (SWA) is built from."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +124,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     threads: int = 0
     checkpoint_every: int = 500
+    snapshot_every: int = 0
     val_every: int = 2000
     log_every: int = 10
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -227,7 +230,7 @@ def check_ranges(config: TrainConfig) -> None:
     non_negative = {
         "optim.poly_power": config.optim.poly_power, "optim.momentum": config.optim.momentum,
         "optim.weight_decay": config.optim.weight_decay, "loss.dis_delta": config.loss.dis_delta,
-        "loss.class_balance": config.loss.class_balance,
+        "loss.class_balance": config.loss.class_balance, "snapshot_every": config.snapshot_every,
         **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossWeights)},
     }  # fmt: skip
     for key, value in non_negative.items():

@@ -137,7 +137,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     """Run (or resume) training; returns the path of the final checkpoint ``last.pt``.
 
     Files in ``config.out_dir``: ``last.pt`` (every ``checkpoint_every`` iterations, on SIGTERM/SIGINT
-    and at the end), ``best.pt`` (best val mean F1), ``log.csv``, ``config.yaml``, ``.lock`` (who
+    and at the end), ``best.pt`` (best val mean F1), ``snapshot_<iteration>.pt`` (every ``snapshot_every``
+    iterations, if set), ``log.csv``, ``config.yaml``, ``.lock`` (who
     runs in the folder now). A folder holding another run is refused unless ``resume`` (continue it)
     or ``overwrite`` (replace it); ``resume`` without a ``last.pt`` there is refused too.
     """
@@ -164,6 +165,7 @@ def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
             )
         return
     previous = [name for name in RUN_FILES if (out_dir / name).exists()]
+    previous += sorted(path.name for path in out_dir.glob("snapshot_*.pt"))
     if previous and not overwrite:
         raise ValueError(
             f"{out_dir} holds a training run ({', '.join(previous)}): continue it with --resume, choose another "
@@ -469,6 +471,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, d: Distributed, de
                     _validate_and_keep_best(run, val_set, best_path, report)
                 if _due(run.iteration, config.checkpoint_every, total) or stop.requested:
                     run.save(last_path)
+                if config.snapshot_every and run.iteration % config.snapshot_every == 0:
+                    run.save(out_dir / f"snapshot_{run.iteration:06d}.pt")
                 if run.iteration >= total or stop.requested:
                     break
     _report_end(run, bad_samples, stop.requested, last_path)
