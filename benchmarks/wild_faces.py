@@ -118,6 +118,43 @@ def crop_footprints(parser: Parser, photo: np.ndarray, zooms: list[float]) -> li
             for z in zooms]  # fmt: skip
 
 
+def outside_shares(parser: Parser, photos: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The share of each reported class's true pixels that lies outside the zoom-1 (training framing) crop."""
+    names = CELEBAMASK_HQ.class_names
+    outside = {name: [0, 0] for name in REPORTED}  # true pixels outside the zoom-1 crop, all true pixels
+    for photo, labels, _ in photos:
+        inside = crop_footprints(parser, photo, [1.0])
+        mask = None if inside is None else ~inside[0]
+        for name in REPORTED:
+            here = labels == names.index(name)
+            outside[name][0] += int((here & mask).sum()) if mask is not None else 0
+            outside[name][1] += int(here.sum())
+    return {n: round(a / max(1, b), 4) for n, (a, b) in outside.items()}
+
+
+def score_setting(
+    parser: Parser, inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], detect: bool, setting: str
+) -> dict[str, object]:
+    """Parse every (photo, labels, footprint) with the parser's current ``face_zoom``; the scores over all pixels,
+    merged to background / skin / hair, and split into the photo's own pixels and its made-up surround."""
+    classes = len(CELEBAMASK_HQ.class_names)
+    matrix, missed, start = ConfusionMatrix(classes), 0, time.perf_counter()
+    regions = {"photo": ConfusionMatrix(classes), "surround": ConfusionMatrix(classes)}
+    for photo, labels, footprint in tqdm(inputs, desc=setting, unit="img"):
+        result = parser.predict(photo, detect_faces=detect)
+        missed += detect and not result.faces
+        predicted, truth, inside = (torch.from_numpy(a) for a in (result.labels, labels, footprint))
+        matrix.update(predicted, truth)
+        regions["photo"].update(predicted[inside], truth[inside])
+        regions["surround"].update(predicted[~inside], truth[~inside])
+    return {
+        **summarize(matrix.matrix, CELEBAMASK_HQ), "merged": merged_scores(matrix.matrix.numpy()),
+        "confusion": matrix.matrix.tolist(),
+        "by_region": {region: region_scores(m.matrix.numpy()) for region, m in regions.items()},
+        "photos_without_face": missed, "seconds_per_photo": (time.perf_counter() - start) / len(inputs),
+    }  # fmt: skip
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--data", default=str(CELEBAMASK_MINI))
@@ -140,43 +177,19 @@ def main() -> None:
     originals = [dataset.load(i) for i in range(len(dataset))]
     photos = [wild_photo(image, labels, rng, opts.surround) for image, labels in originals]
 
-    names = CELEBAMASK_HQ.class_names
-    outside = {name: [0, 0] for name in REPORTED}  # true pixels outside the zoom-1 crop, all true pixels
-    for photo, labels, _ in photos:
-        inside = crop_footprints(parser, photo, [1.0])
-        mask = None if inside is None else ~inside[0]
-        for name in REPORTED:
-            here = labels == names.index(name)
-            outside[name][0] += int((here & mask).sum()) if mask is not None else 0
-            outside[name][1] += int(here.sum())
-
     model = opts.checkpoint or "Parser.from_pretrained()"
     report: dict[str, object] = {
         "split": opts.split, "photos": len(photos), "seed": opts.seed, "surround": opts.surround, "model": model,
         "zooms": {},
     }  # fmt: skip
-    report["outside_zoom1_crop"] = {n: round(a / max(1, b), 4) for n, (a, b) in outside.items()}
+    report["outside_zoom1_crop"] = outside_shares(parser, photos)
     # The reference: the same faces as aligned crops (the original photos, no detection).
     aligned = [(image, labels, np.ones(labels.shape, bool)) for image, labels in originals]
     settings: list[tuple[str, tuple[float, ...], list, bool]] = [("aligned crop", (1.0,), aligned, False)]
     settings += [(zoom_label(zooms), zooms, photos, True) for zooms in opts.zooms]
     for setting, zooms, inputs, detect in settings:
         parser.face_zoom = zooms
-        matrix, missed, start = ConfusionMatrix(len(names)), 0, time.perf_counter()
-        regions = {"photo": ConfusionMatrix(len(names)), "surround": ConfusionMatrix(len(names))}
-        for photo, labels, footprint in tqdm(inputs, desc=setting, unit="img"):
-            result = parser.predict(photo, detect_faces=detect)
-            missed += detect and not result.faces
-            predicted, truth, inside = (torch.from_numpy(a) for a in (result.labels, labels, footprint))
-            matrix.update(predicted, truth)
-            regions["photo"].update(predicted[inside], truth[inside])
-            regions["surround"].update(predicted[~inside], truth[~inside])
-        summary = summarize(matrix.matrix, CELEBAMASK_HQ)
-        report["zooms"][setting] = {  # type: ignore[index]
-            **summary, "merged": merged_scores(matrix.matrix.numpy()), "confusion": matrix.matrix.tolist(),
-            "by_region": {region: region_scores(m.matrix.numpy()) for region, m in regions.items()},
-            "photos_without_face": missed, "seconds_per_photo": (time.perf_counter() - start) / len(photos),
-        }  # fmt: skip
+        report["zooms"][setting] = score_setting(parser, inputs, detect, setting)  # type: ignore[index]
     name = f"wild_faces_{opts.split}" + (f"_{opts.name}" if opts.name else "")
     write_result(name, report)
     (RESULTS / f"{name}.md").write_text(table(report))
