@@ -123,7 +123,23 @@ def write_checkpoint(source: Path, model: AGRNet, bias: torch.Tensor, out: Path)
     atomic_save(state, out)
 
 
-def main() -> None:
+def holdout_check(
+    scores: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, metric: Metric, args: argparse.Namespace
+) -> dict[str, object]:
+    """Shifts chosen on the even-numbered images, the metric on the odd ones before and after: does it carry over?"""
+    even_scores, even_labels = flatten(scores[0::2], labels[0::2], num_classes)
+    held_bias = search(even_scores, even_labels, metric, args.candidates, args.rounds)
+    del even_scores, even_labels
+    odd_scores, odd_labels = flatten(scores[1::2], labels[1::2], num_classes)
+    zero = torch.zeros(num_classes)
+    return {
+        f"odd_{args.metric}_before": metric(confusion(odd_labels, shifted_argmax(odd_scores, zero), num_classes)),
+        f"odd_{args.metric}_after": metric(confusion(odd_labels, shifted_argmax(odd_scores, held_bias), num_classes)),
+        "even_bias": [round(float(b), 4) for b in held_bias],
+    }
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="default: the shipped --model")
     parser.add_argument("--model", default="agrnet_mbv2_celebamask")
@@ -136,36 +152,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", required=True)
     parser.add_argument("--out-checkpoint", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
 
     source = Path(args.checkpoint) if args.checkpoint else pretrained_path(args.model)
     model, config = model_from_checkpoint(source)
     model.eval()
     dataset = open_split("folder", args.data, args.split, config.data.canvas, classes=args.classes)
-    spec, num_classes = dataset.spec, model.num_classes
+    num_classes = model.num_classes
 
     def metric(matrix: np.ndarray) -> float:
-        return summarize(matrix, spec)[args.metric]
+        return summarize(matrix, dataset.spec)[args.metric]
 
     start = time.time()
     scores, labels = collect(model, dataset, args.grid)
-    halves = {}
-    for name, part in (("even", slice(0, None, 2)), ("odd", slice(1, None, 2))):
-        halves[name] = flatten(scores[part], labels[part], num_classes)
+    holdout = holdout_check(scores, labels, num_classes, metric, args)
+    print("holdout (chosen on even, scored on odd):", {k: v for k, v in holdout.items() if "bias" not in k}, flush=True)
     all_scores, all_labels = flatten(scores, labels, num_classes)
     del scores, labels
-
-    zero = torch.zeros(num_classes)
-    held_bias = search(*halves["even"], metric, args.candidates, args.rounds)
-    odd_scores, odd_labels = halves["odd"]
-    holdout = {
-        f"odd_{args.metric}_before": metric(confusion(odd_labels, shifted_argmax(odd_scores, zero), num_classes)),
-        f"odd_{args.metric}_after": metric(confusion(odd_labels, shifted_argmax(odd_scores, held_bias), num_classes)),
-        "even_bias": [round(float(b), 4) for b in held_bias],
-    }
-    print("holdout (chosen on even, scored on odd):", {k: v for k, v in holdout.items() if "bias" not in k}, flush=True)
-    del halves, odd_scores, odd_labels
-
     bias = search(all_scores, all_labels, metric, args.candidates, args.rounds)
     del all_scores, all_labels
     before, _ = evaluate_dataset(model, dataset, torch.device("cpu"))
@@ -178,7 +185,7 @@ def main() -> None:
         name: {"bias": round(float(bias[i]), 4), "f1_before": before["per_class"][name]["f1"],
                "f1_after": after["per_class"][name]["f1"], "iou_before": before["per_class"][name]["iou"],
                "iou_after": after["per_class"][name]["iou"]}
-        for i, name in enumerate(spec.class_names)
+        for i, name in enumerate(dataset.spec.class_names)
     }  # fmt: skip
     result = {
         "question": __doc__.splitlines()[0],
