@@ -43,7 +43,7 @@ from agrnet.train import train
         ("model.channels=0", "model.channels must be at least 1, got 0"),
         ("model.top_k=0", "model.top_k must be at least 1, got 0"),
         ("optim.poly_power=-1", r"optim.poly_power must be a finite number >= 0, got -1.0"),
-        ("snapshot_every=-1", "snapshot_every must be a finite number >= 0, got -1"),
+        ("snapshot_every=-1", "snapshot_every must be at least 0, got -1"),
         ("optim.lr=nan", "optim.lr must be a finite number > 0, got nan"),
         ("optim.lr=0", "optim.lr must be a finite number > 0, got 0.0"),
         ("loss.final=inf", "loss.final must be a finite number >= 0, got inf"),

@@ -216,6 +216,7 @@ def check_ranges(config: TrainConfig) -> None:
     at_least = {
         "iterations": (config.iterations, 1), "checkpoint_every": (config.checkpoint_every, 1),
         "val_every": (config.val_every, 1), "log_every": (config.log_every, 1), "threads": (config.threads, 0),
+        "snapshot_every": (config.snapshot_every, 0),
         "optim.batch_size": (config.optim.batch_size, 2), "data.size": (config.data.size, MIN_SIZE),
         "data.width": (config.data.canvas[1], MIN_SIZE),
         "data.workers": (config.data.workers, 0), "model.num_classes": (config.model.num_classes, 1),
@@ -230,7 +231,7 @@ def check_ranges(config: TrainConfig) -> None:
     non_negative = {
         "optim.poly_power": config.optim.poly_power, "optim.momentum": config.optim.momentum,
         "optim.weight_decay": config.optim.weight_decay, "loss.dis_delta": config.loss.dis_delta,
-        "loss.class_balance": config.loss.class_balance, "snapshot_every": config.snapshot_every,
+        "loss.class_balance": config.loss.class_balance,
         **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossWeights)},
     }  # fmt: skip
     for key, value in non_negative.items():
