@@ -2,7 +2,7 @@
 
 The wild-face stand-ins (wild_faces.py) extend CelebA-HQ photos with made-up surround; here the surround is
 real. ../shared/data/ccp holds full-body street photos (about 550 x 830, Clothing Co-Parsing, Apache-2.0)
-whose labels include hair and skin. Each photo goes through the shipped face parser with
+whose labels include hair and skin. Each photo goes through the shipped face parser (or ``--checkpoint``) with
 ``detect_faces=True`` at each ``--zooms`` value; its hair is scored against CCP's hair, and its skin (the
 face's parts and the neck merged, as in-the-wild skin sets score it) against CCP's skin, apart in three
 regions around the photo's largest detected face: inside the zoom-1 crop (the training framing), the ring
@@ -61,9 +61,10 @@ def main() -> None:
                       help="Parser.face_zoom values (1.5+2.5: two wide crops)")
     args.add_argument("--name", default="", help="suffix of the result files (ccp_heads_<split>[_<name>])")
     args.add_argument("--threads", type=int, default=2)
+    args.add_argument("--checkpoint", help="a face training checkpoint (default: the shipped face model)")
     opts = args.parse_args()
     torch.set_num_threads(opts.threads)
-    parser = Parser.from_pretrained(device="cpu")
+    parser = Parser.from_checkpoint(opts.checkpoint, "cpu") if opts.checkpoint else Parser.from_pretrained(device="cpu")
     dataset = open_split("folder", opts.data, opts.split, 32, classes="ccp")
     ccp, face = dataset.spec.class_names, CELEBAMASK_HQ.class_names
     skin_ids = [face.index(n) for n in MERGED_SKIN]
@@ -90,7 +91,7 @@ def main() -> None:
                     cell[2] += int(p.sum())
     report = {
         "split": opts.split, "photos": len(dataset), "photos_without_face": missed, "widest_zoom": widest,
-        "model": "Parser.from_pretrained()",
+        "model": opts.checkpoint or "Parser.from_pretrained()",
         "zooms": {zoom_label(z): {k: f1_cells(c) for k, c in by_kind.items()} for z, by_kind in counts.items()},
     }  # fmt: skip
     name = f"ccp_heads_{opts.split}" + (f"_{opts.name}" if opts.name else "")
@@ -103,7 +104,8 @@ def table(report: dict) -> str:
     widest = report["widest_zoom"]
     rows = [
         f"# Face parser on real street photos (CCP {report['split']}, {report['photos']} photos, "
-        f"{report['photos_without_face']} without a detected face): F1 % against CCP's hair and skin",
+        f"{report['photos_without_face']} without a detected face): F1 % against CCP's hair and skin, "
+        f"model {report.get('model', 'Parser.from_pretrained()')}",
         "",
         f"Regions around the largest face: crop = the zoom-1 crop; ring = what the zoom-{widest:g} crop adds; "
         f"beyond = outside it (never parsed). Share: the class's true pixels in the region.",

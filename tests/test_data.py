@@ -261,6 +261,34 @@ def test_degradation_blurs_and_compresses_only_when_drawn() -> None:
     assert np.array_equal(degraded, again)
 
 
+def test_mirror_surround_continues_photo_and_labels_past_the_edge() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    labels = np.tile(np.arange(64, dtype=np.uint8) // 8, (64, 1))  # class = column // 8: 0 left .. 7 right
+    pad_image, pad_labels = warp_pair(image, labels, 64, scale=0.5)
+    image_m, labels_m = warp_pair(image, labels, 64, scale=0.5, border="mirror")
+    assert labels_m is not None and pad_labels is not None
+    inside = pad_labels != 255
+    assert 0.2 < inside.mean() < 0.3  # the photo fills the middle quarter of the canvas
+    assert np.array_equal(labels_m[inside], pad_labels[inside])
+    assert np.array_equal(image_m[16:48, 16:48], pad_image[16:48, 16:48])
+    assert (labels_m != 255).all() and (image_m > 0).all()
+    # Left of the photo the columns are mirrored: class 0 at its edge, higher classes further out.
+    assert labels_m[32, 15] == 0 and labels_m[32, 0] > labels_m[32, 14]
+    assert labels_m[32, 63] < 7 and labels_m[32, 48] == 7
+    with pytest.raises(ValueError, match="border must be one of"):
+        warp_pair(image, labels, 64, border="wrap")  # type: ignore[arg-type]
+
+
+def test_dataset_mirrors_only_training_samples(tmp_path: Path) -> None:
+    generate(tmp_path, 10, 48, seed=3, progress=False)
+    zoomed_out = Augmentation("paper", scale_range=(0.5, 0.5), surround="mirror")
+    train = open_split("synthetic", tmp_path, "train", (48, 64), zoomed_out, seed=0)
+    assert (train[(0, 1)]["labels"] != 255).all()  # a training key: augmented, mirrored
+    # A plain index (evaluation) letterboxes the square photo with ignored bars, as before.
+    assert (train[1]["labels"][:, :8] == 255).all() and (train[1]["labels"][:, 8:56] != 255).all()
+
+
 def test_repeat_factors_by_hand() -> None:
     # class 0 in all 4 images, class 1 in 1 of 4 (f = 0.25), class 2 in 2 of 4 (f = 0.5), class 3 in none
     presence = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=bool)

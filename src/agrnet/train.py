@@ -289,7 +289,9 @@ def _build_run(config: TrainConfig, d: Distributed, device: torch.device, class_
 
 def _open_train_split(config: TrainConfig, num_classes: int) -> ParsingDataset:
     data = config.data
-    augmentation = Augmentation(data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade)
+    augmentation = Augmentation(
+        data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade, data.surround
+    )
     train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from agrnet.data.classes import HELEN, LABEL_SPECS, LabelSpec
-from agrnet.data.transforms import IGNORE_INDEX, Augmentation, Canvas, to_tensor, warp_pair
+from agrnet.data.transforms import IGNORE_INDEX, Augmentation, Border, Canvas, to_tensor, warp_pair
 from agrnet.edges import label_edges
 from agrnet.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, open_checked
 
@@ -155,10 +155,13 @@ class ParsingDataset(torch.utils.data.Dataset):
         augmentation, index = (self.augmentation, key[1]) if isinstance(key, tuple) else (None, key)
         image, labels = self.load(index)
         scale, angle, flip = 1.0, 0.0, False
+        border: Border = "pad"
         if augmentation is not None:
             rng = np.random.default_rng([self.seed, *key])  # type: ignore[misc]
             scale, angle, flip = augmentation.sample(rng)
-        image, warped = warp_pair(image, labels, self.size, scale, angle, self._flip_lut if flip else None)
+            border = augmentation.surround
+        flip_lut = self._flip_lut if flip else None
+        image, warped = warp_pair(image, labels, self.size, scale, angle, flip_lut, border)
         assert warped is not None
         if augmentation is not None:
             image = augmentation.degrade_image(image, rng)

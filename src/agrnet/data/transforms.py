@@ -1,8 +1,9 @@
 """Geometry and normalisation shared by training, evaluation and inference.
 
 Every image reaches the network through one affine map: letterbox (aspect kept, centred, image pad 0,
-label pad 255), optionally scaled and rotated about the centre for training augmentation. Evaluation
-and inference use the same map without augmentation and invert it exactly (``unletterbox``).
+label pad 255; training may mirror the photo instead), optionally scaled and rotated about the centre
+for training augmentation. Evaluation and inference use the same map without augmentation and invert
+it exactly (``unletterbox``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 AugmentMode = Literal["paper", "code", "none"]
+Border = Literal["pad", "mirror"]
+# REFLECT_101 mirrors about the edge pixel, so the edge row is not doubled into a visible seam.
+BORDERS: dict[str, int] = {"pad": cv2.BORDER_CONSTANT, "mirror": cv2.BORDER_REFLECT_101}
 
 # A network canvas: S for S x S, or (height, width). Tall canvases suit people (a square one would
 # spend a third of its pixels on padding beside a standing person).
@@ -60,12 +64,14 @@ class Augmentation:
     ``"code"``: the reference code's scale clip(N(1, 0.25), 0.75, 1.25) and, with probability 0.6,
     rotation clip(N(0, 30), -60, 60). ``flip``: horizontal mirror with probability 0.5, swapping
     left/right labels (off by default, as in the paper). ``scale_range`` replaces 0.75-1.25 in both.
-    ``degrade``: the probability that a sample is shown as a low-quality photo (``degrade_image``)."""
+    ``degrade``: the probability that a sample is shown as a low-quality photo (``degrade_image``).
+    ``surround``: what a zoomed-out or rotated canvas shows beyond the photo (``warp_pair``'s ``border``)."""
 
     mode: AugmentMode = "paper"
     flip: bool = False
     scale_range: tuple[float, float] = (0.75, 1.25)
     degrade: float = 0.0
+    surround: Border = "pad"
 
     def sample(self, rng: np.random.Generator) -> tuple[float, float, bool]:
         """-> (scale, angle in degrees, flip)."""
@@ -110,19 +116,25 @@ def warp_pair(
     scale: float = 1.0,
     angle: float = 0.0,
     flip_lut: np.ndarray | None = None,
+    border: Border = "pad",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Warp an (H, W, 3) uint8 image and its (H, W) uint8 labels onto the canvas (S or (height, width)).
 
-    Image bilinear with pad 0, labels nearest with pad 255. With ``flip_lut`` the canvas is mirrored
-    and left/right labels swapped through it.
+    Image bilinear, labels nearest. Beyond the photo, ``border="pad"`` puts image 0 and label 255
+    (ignored); ``"mirror"`` reflects photo and labels at its edges, so that a zoomed-out training face
+    has labelled hair and neck around it, as the wide crop of a real photo has (a padded surround only
+    teaches the network that nothing lies beyond the standard crop). With ``flip_lut`` the canvas is
+    mirrored and left/right labels swapped through it.
     """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}")
     h, w = image.shape[:2]
     canvas_h, canvas_w = canvas_hw(size)
     matrix = letterbox_matrix(h, w, size, scale, angle)
     if flip_lut is not None:
         matrix = np.array([[-1.0, 0.0, canvas_w - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
     out_image = cv2.warpAffine(
-        image, matrix, (canvas_w, canvas_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        image, matrix, (canvas_w, canvas_h), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border], borderValue=0
     )
     out_labels = None
     if labels is not None:
@@ -131,7 +143,7 @@ def warp_pair(
             matrix,
             (canvas_w, canvas_h),
             flags=cv2.INTER_NEAREST,
-            borderMode=cv2.BORDER_CONSTANT,
+            borderMode=BORDERS[border],
             borderValue=255,
         )
         if flip_lut is not None:
