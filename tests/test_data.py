@@ -276,6 +276,12 @@ def test_mirror_surround_continues_photo_and_labels_past_the_edge() -> None:
     # Left of the photo the columns are mirrored: class 0 at its edge, higher classes further out.
     assert labels_m[32, 15] == 0 and labels_m[32, 0] > labels_m[32, 14]
     assert labels_m[32, 63] < 7 and labels_m[32, 48] == 7
+    rows = np.repeat(np.arange(64, dtype=np.uint8)[:, None] // 8, 64, axis=1)  # class = row // 8
+    image_b, labels_b = warp_pair(image, rows, 64, scale=0.5, border="mirror_below")
+    assert labels_b is not None and np.array_equal(labels_b[inside], warp_pair(image, rows, 64, scale=0.5)[1][inside])
+    assert (labels_b[:16] == 255).all() and (labels_b[:, :16] == 255).all() and (image_b[:16] == 0).all()
+    # Below the photo the rows come back mirrored: the bottom class at the edge, higher rows further down.
+    assert labels_b[48, 32] == 7 and labels_b[63, 32] < 7 and (labels_b[48:, 16:48] != 255).all()
     with pytest.raises(ValueError, match="border must be one of"):
         warp_pair(image, labels, 64, border="wrap")  # type: ignore[arg-type]
 

@@ -36,7 +36,8 @@ class DataConfig:
     the probability that a training sample is shown as a small, JPEG-compressed photo blown up to the
     canvas (0: never, the default; faces from small in-the-wild photos look like that). surround: what a
     zoomed-out or rotated training canvas shows beyond the photo: "pad" (image 0, labels ignored; the
-    default) or "mirror" (photo and labels reflected at its edges, so hair and neck go on past the crop).
+    default), "mirror" (photo and labels reflected at its edges, so hair and neck go on past the crop) or
+    "mirror_below" (reflected at the bottom edge only, padded elsewhere).
     repeat_threshold: repeat-factor sampling (LVIS): an image whose rarest class lies in a share f
     of the train images below this threshold t is seen sqrt(t / f) times as often (0: off, the
     default; e.g. 0.3 shows CCP's 9 glove photos 4.8 times as often)."""
@@ -53,7 +54,7 @@ class DataConfig:
     scale_min: float = 0.75
     scale_max: float = 1.25
     degrade: float = 0.0
-    surround: Literal["pad", "mirror"] = "pad"
+    surround: Literal["pad", "mirror", "mirror_below"] = "pad"
     repeat_threshold: float = 0.0
 
     def spec(self) -> LabelSpec:

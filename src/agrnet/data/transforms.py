@@ -21,9 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 AugmentMode = Literal["paper", "code", "none"]
-Border = Literal["pad", "mirror"]
+Border = Literal["pad", "mirror", "mirror_below"]
 # REFLECT_101 mirrors about the edge pixel, so the edge row is not doubled into a visible seam.
-BORDERS: dict[str, int] = {"pad": cv2.BORDER_CONSTANT, "mirror": cv2.BORDER_REFLECT_101}
+# "mirror_below" pads with constants too: the photo itself is first extended downwards.
+BORDERS: dict[str, int] = {"pad": cv2.BORDER_CONSTANT, "mirror": cv2.BORDER_REFLECT_101,
+                           "mirror_below": cv2.BORDER_CONSTANT}  # fmt: skip
 
 # A network canvas: S for S x S, or (height, width). Tall canvases suit people (a square one would
 # spend a third of its pixels on padding beside a standing person).
@@ -123,12 +125,17 @@ def warp_pair(
     Image bilinear, labels nearest. Beyond the photo, ``border="pad"`` puts image 0 and label 255
     (ignored); ``"mirror"`` reflects photo and labels at its edges, so that a zoomed-out training face
     has labelled hair and neck around it, as the wide crop of a real photo has (a padded surround only
-    teaches the network that nothing lies beyond the standard crop). With ``flip_lut`` the canvas is
-    mirrored and left/right labels swapped through it.
+    teaches the network that nothing lies beyond the standard crop); ``"mirror_below"`` reflects only at
+    the bottom edge (a neck goes on into clothes below a face; above and beside it lies unknown scene)
+    and pads elsewhere. With ``flip_lut`` the canvas is mirrored and left/right labels swapped through it.
     """
     if border not in BORDERS:
         raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}")
     h, w = image.shape[:2]
+    if border == "mirror_below":
+        # Rows appended below keep every photo pixel where it was: the letterbox of (h, w) still applies.
+        image = np.pad(image, ((0, h - 1), (0, 0), (0, 0)), mode="reflect")
+        labels = None if labels is None else np.pad(labels, ((0, h - 1), (0, 0)), mode="reflect")
     canvas_h, canvas_w = canvas_hw(size)
     matrix = letterbox_matrix(h, w, size, scale, angle)
     if flip_lut is not None:
