@@ -21,6 +21,7 @@ import yaml
 from agrnet.build import ABLATIONS, ModelConfig, ablation
 from agrnet.data.classes import LabelSpec
 from agrnet.data.datasets import label_spec
+from agrnet.data.transforms import Border
 from agrnet.losses import LossWeights
 
 
@@ -54,7 +55,7 @@ class DataConfig:
     scale_min: float = 0.75
     scale_max: float = 1.25
     degrade: float = 0.0
-    surround: Literal["pad", "mirror", "mirror_below"] = "pad"
+    surround: Border = "pad"
     repeat_threshold: float = 0.0
 
     def spec(self) -> LabelSpec:
