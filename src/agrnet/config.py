@@ -21,7 +21,7 @@ import yaml
 from agrnet.build import ABLATIONS, ModelConfig, ablation
 from agrnet.data.classes import LabelSpec
 from agrnet.data.datasets import label_spec
-from agrnet.data.transforms import Border
+from agrnet.data.transforms import AugmentMode, Border
 from agrnet.losses import LossWeights
 
 
@@ -48,7 +48,7 @@ class DataConfig:
     classes: str | None = None
     size: int = 473
     width: int | None = None
-    augment: Literal["paper", "code", "none"] = "paper"
+    augment: AugmentMode = "paper"
     flip: bool = False
     workers: int = 2
     skip_bad_samples: bool = False
