@@ -11,6 +11,7 @@ from agrnet.losses import (
     BalancedEdgeLoss,
     BoundaryAttentionLoss,
     DiscriminativeLoss,
+    DistillationLoss,
     LossWeights,
     LovaszSoftmaxLoss,
     balanced_class_weights,
@@ -197,3 +198,29 @@ def test_ablation_losses_follow_table_1b_unless_overridden() -> None:
     kept = load_config("synthetic", ["ablation=baseline", "ablation_losses=false", "loss.final=2.0"]).resolved_loss()
     assert kept.final == 2.0 and kept.boundary == 1.0
     assert load_config("synthetic", ["loss.final=2.0"]).resolved_loss().final == 2.0  # no ablation: loss.* as given
+
+
+def test_distillation_loss_by_hand() -> None:
+    # Pixel 1: teacher (0.5, 0.5), student softmax (0.2, 0.8): 0.5 ln(0.5/0.2) + 0.5 ln(0.5/0.8).
+    # Pixel 2: teacher (1, 0) (0 log 0 = 0), student (0.5, 0.5): ln 2. Pixel 3 is ignored.
+    student = torch.tensor([[0.2, 0.8], [0.5, 0.5], [0.9, 0.1]]).log().T.reshape(1, 2, 1, 3)
+    teacher = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 3)
+    loss = DistillationLoss()(student, teacher, torch.tensor([[[0, 0, 255]]]))
+    expected = (0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8) + math.log(2)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(DistillationLoss()(teacher.clamp_min(1e-30).log(), teacher, torch.zeros(1, 1, 3).long())) == (
+        pytest.approx(0, abs=1e-6)
+    )  # the student that matches the teacher pays nothing
+
+
+def test_distill_term_joins_the_total_and_needs_targets() -> None:
+    labels = torch.randint(0, 3, (2, 8, 8))
+    out = AGRNetOutput(logits=torch.randn(2, 3, 8, 8))
+    targets = torch.randn(2, 3, 8, 8).softmax(1)
+    weights = LossWeights(raw=0, edge=0, boundary=0, final=1.0, discriminative=0, distill=2.0)
+    terms = AGRNetLoss(weights)(out, labels, soft_targets=targets)
+    assert set(terms) == {"final", "distill", "total"}
+    torch.testing.assert_close(terms["total"], terms["final"] + 2.0 * terms["distill"])
+    torch.testing.assert_close(terms["distill"], DistillationLoss()(out.logits, targets, labels))
+    with pytest.raises(ValueError, match="soft targets"):
+        AGRNetLoss(weights)(out, labels)

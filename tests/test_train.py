@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 import csv
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -119,6 +120,18 @@ def test_init_from_takes_a_stride_16_model_to_stride_8(synthetic_root: Path, tmp
     before, after = load_checkpoint(source)["model"], load_checkpoint(tuned)["model"]
     for name, _ in model.named_parameters():
         torch.testing.assert_close(after[name], before[name], msg=f"{name} not taken over")
+
+
+def test_distillation_trains_towards_the_teacher(synthetic_root: Path, tmp_path: Path) -> None:
+    source = train(tiny_train_config(synthetic_root, tmp_path / "teacher", "iterations=3"), progress=False)
+    extra = [f"distill_from={source}", "loss.distill=1.0", "iterations=6"]
+    train(tiny_train_config(synthetic_root, tmp_path / "student", *extra), progress=False)
+    with open(tmp_path / "student" / "log.csv") as f:
+        terms = [ast.literal_eval(row["loss_terms"]) for row in csv.DictReader(f)]
+    assert len(terms) == 6 and all(math.isfinite(t["distill"]) and t["distill"] > 0 for t in terms)
+    for alone in ([f"distill_from={source}"], ["loss.distill=1.0"]):
+        with pytest.raises(ConfigError, match="go together"):
+            tiny_train_config(synthetic_root, tmp_path / "bad", *alone)
 
 
 def test_class_balance_weighs_by_the_train_label_frequencies(

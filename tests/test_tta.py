@@ -17,6 +17,7 @@ from agrnet.cli import main
 from agrnet.data.datasets import open_split
 from agrnet.data.synth import generate
 from agrnet.data.transforms import to_tensor, unletterbox, warp_pair
+from agrnet.distill import TtaTeacher
 from agrnet.evaluate import evaluate_dataset
 from agrnet.inference import Parser
 from agrnet.metrics import ConfusionMatrix
@@ -122,3 +123,23 @@ def test_cli_scales(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     labels = np.array(Image.open(tmp_path / "out" / "face_labels.png"))
     expected = Parser.from_checkpoint(checkpoint, device="cpu", scales=(0.75, 1.0)).predict(image).labels
     assert np.array_equal(labels, expected)
+
+
+def test_distillation_teacher_matches_a_naive_reference(checkpoint: Path) -> None:
+    # The teacher (BatchNorm folded, channels_last) against the unfolded model by hand: flip-averaged
+    # logits (left/right classes swapped back), softmax per canvas, canvases resized to the batch's size.
+    model, config = model_from_checkpoint(checkpoint)
+    model.eval()
+    spec = config.data.spec()
+    assert any(a != b for a, b in enumerate(spec.flip_lut()[: model.num_classes]))  # the swap is exercised
+    images = torch.randn(2, 3, 64, 56)
+    perm = [int(c) for c in spec.flip_lut()[: model.num_classes]]
+    expected = torch.zeros(2, model.num_classes, 64, 56)
+    with torch.no_grad():
+        for scale, size in ((0.75, (48, 42)), (1.0, (64, 56)), (1.5, (96, 84))):
+            view = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=scale < 1)
+            logits = (model(view).logits + model(view.flip(-1)).logits.flip(-1)[:, perm]) / 2
+            expected += torch.nn.functional.interpolate(logits, size=(64, 56), mode="bilinear").softmax(1) / 3
+    got = TtaTeacher(model, spec, torch.device("cpu"), scales=SCALES)(images)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.sum(1), torch.ones(2, 64, 56))

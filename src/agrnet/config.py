@@ -114,7 +114,9 @@ class TrainConfig:
     start a new run; optimizer, schedule and iteration count start fresh. A resumed run ignores it (its
     ``last.pt`` holds the weights); the model settings must match the source's.
     ``snapshot_every``: also keep ``snapshot_<iteration>.pt`` every that many iterations (0: none), the
-    checkpoints a weight average along one run (SWA) is built from."""
+    checkpoints a weight average along one run (SWA) is built from.
+    ``distill_from``: a checkpoint path or shipped model name whose flip- and multi-scale-averaged
+    probabilities (``agrnet.distill.TtaTeacher``) are the soft targets of ``loss.distill`` (given together)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,6 +136,7 @@ class TrainConfig:
     log_every: int = 10
     on_nonfinite: Literal["stop", "skip"] = "stop"
     init_from: str | None = None
+    distill_from: str | None = None
 
     def resolved_model(self) -> ModelConfig:
         return self.model if self.ablation is None else ablation(self.ablation, self.model)
@@ -251,6 +254,11 @@ def check_ranges(config: TrainConfig) -> None:
         raise ConfigError(f"data.repeat_threshold is a share of images in [0, 1], got {config.data.repeat_threshold}")
     if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
+    if bool(config.distill_from) != bool(config.resolved_loss().distill):
+        raise ConfigError(
+            "distill_from (the teacher) and loss.distill (its weight) go together, got "
+            f"distill_from={config.distill_from!r} and loss.distill={config.resolved_loss().distill}"
+        )
     if not DEVICE_PATTERN.fullmatch(config.device):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")
 

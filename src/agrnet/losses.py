@@ -156,8 +156,9 @@ def balanced_class_weights(frequencies: torch.Tensor, power: float) -> torch.Ten
 
 @dataclass(frozen=True)
 class LossWeights:
-    """lambda_1..lambda_5 of Eq. 11 (paper values), and ``lovasz``, the weight of a term outside the
-    paper (``LovaszSoftmaxLoss`` on the final prediction; 0: off, as in the paper)."""
+    """lambda_1..lambda_5 of Eq. 11 (paper values), and two terms outside the paper (0: off, as in the
+    paper): ``lovasz`` (``LovaszSoftmaxLoss`` on the final prediction) and ``distill``
+    (``DistillationLoss`` towards a teacher's probabilities, ``TrainConfig.distill_from``)."""
 
     raw: float = 1.0
     edge: float = 1.0
@@ -165,13 +166,34 @@ class LossWeights:
     final: float = 0.5
     discriminative: float = 0.1
     lovasz: float = 0.0
+    distill: float = 0.0
+
+
+class DistillationLoss(nn.Module):
+    """KL(p || q) per labelled pixel, averaged: sum_c p_c (log p_c - log q_c), p the soft targets (a
+    teacher's class probabilities), q the softmax of the student's logits. Pixels whose label is
+    ``ignore_index`` (padding) are left out, as in the other terms."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits, targets (N, Nc, H, W) (targets sum to 1 over Nc); labels (N, H, W) -> scalar."""
+        if targets.shape != logits.shape:
+            raise ValueError(f"soft targets {tuple(targets.shape)} must match the logits {tuple(logits.shape)}")
+        targets = targets.float()
+        # 0 * log 0 = 0: a class the teacher rules out contributes nothing.
+        kl = (targets * (targets.clamp_min(1e-12).log() - logits.float().log_softmax(1))).sum(1)
+        return kl[labels != self.ignore_index].mean() if (labels != self.ignore_index).any() else kl.sum() * 0
 
 
 class AGRNetLoss(nn.Module):
     """Weighted sum of the terms the model's output supports.
 
     Terms: ``final`` (CE), ``raw`` (CE on Z0), ``edge`` (balanced edge CE), ``boundary`` (BA loss),
-    ``discriminative`` (on X_G), ``lovasz`` (Lovasz-softmax on the final prediction), plus ``total``.
+    ``discriminative`` (on X_G), ``lovasz`` (Lovasz-softmax on the final prediction), ``distill`` (KL to
+    soft targets on the final prediction), plus ``total``.
     A term whose output is absent (e.g. the baseline has no Z0) or whose weight is 0 is left out.
     Every prediction is upsampled to the label size.
     ``class_weights`` (Nc,): per-class weights of the final and raw CE (``balanced_class_weights``);
@@ -195,6 +217,7 @@ class AGRNetLoss(nn.Module):
         self.boundary_loss = BoundaryAttentionLoss(ignore_index)
         self.discriminative_loss = DiscriminativeLoss(dis_delta, dis_variant, num_classes)
         self.lovasz_loss = LovaszSoftmaxLoss(ignore_index)
+        self.distill_loss = DistillationLoss(ignore_index)
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if self.class_weights is None else self.class_weights.to(logits.device)
@@ -203,10 +226,15 @@ class AGRNetLoss(nn.Module):
         )
 
     def forward(
-        self, output: AGRNetOutput, labels: torch.Tensor, edges: torch.Tensor | None = None
+        self,
+        output: AGRNetOutput,
+        labels: torch.Tensor,
+        edges: torch.Tensor | None = None,
+        soft_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """labels (N, H, W) int64 with ``ignore_index``; edges (N, H, W) bool, computed from labels
-        when None (pass them from the data loader to keep that off the accelerator)."""
+        when None (pass them from the data loader to keep that off the accelerator); soft_targets
+        (N, Nc, H, W) class probabilities, needed by the ``distill`` term only."""
         w = self.weights
         if edges is None and (w.edge or w.boundary):
             edges = label_edges(labels, self.ignore_index)
@@ -233,6 +261,10 @@ class AGRNetLoss(nn.Module):
             add("discriminative", w.discriminative, self.discriminative_loss(output.vertices))
         if w.lovasz:
             add("lovasz", w.lovasz, self.lovasz_loss(logits, labels))
+        if w.distill:
+            if soft_targets is None:
+                raise ValueError("the distill term needs soft targets (a teacher: TrainConfig.distill_from)")
+            add("distill", w.distill, self.distill_loss(logits, soft_targets, labels))
         if not weighted:
             raise ValueError("every loss weight is 0 or its output is missing: nothing to train")
         terms["total"] = torch.stack(weighted).sum()

@@ -30,12 +30,13 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from agrnet.build import build_agrnet
-from agrnet.checkpoints import atomic_save, load_checkpoint
+from agrnet.checkpoints import atomic_save, load_checkpoint, model_from_checkpoint
 from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
 from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_counts, open_split, pixel_frequencies
 from agrnet.data.sampling import EpochSampler, repeat_factors
 from agrnet.data.transforms import Augmentation
 from agrnet.devices import resolve_device
+from agrnet.distill import TtaTeacher
 from agrnet.evaluate import evaluate_dataset
 from agrnet.losses import AGRNetLoss, balanced_class_weights
 from agrnet.modeling.agrnet import AGRNet
@@ -189,6 +190,7 @@ class _Run:
     device: torch.device
     amp_dtype: torch.dtype | None
     d: Distributed
+    teacher: TtaTeacher | None = None
     iteration: int = 0
     best_f1: float = -1.0
 
@@ -229,8 +231,7 @@ class _Run:
         """Start from the weights of ``source`` (a checkpoint path or a shipped model name): fine-tuning.
         The models must agree in everything but their initialisation (``pretrained``) and output stride
         (dilation changes no weight's shape: DeepLab's way of fine-tuning a stride-16 model at stride 8)."""
-        path = Path(source) if Path(source).is_file() else pretrained_path(source)
-        state = load_checkpoint(path, self.device)
+        state = load_checkpoint(_source_path(source), self.device)
         changed = self._model_changes(state["config"], ignore=("pretrained", "output_stride"))
         if changed:
             raise ValueError(f"init_from={source}: its model differs from this run's (source vs now: {changed})")
@@ -284,7 +285,25 @@ def _build_run(config: TrainConfig, d: Distributed, device: torch.device, class_
         loss_config, dis_delta=loss_config.dis_delta, dis_variant=loss_config.dis_variant,
         num_classes=model.num_classes, class_weights=class_weights,
     )  # fmt: skip
-    return _Run(config, model, net, optimizer, scheduler, scaler, criterion, device, amp_dtype, d)
+    teacher = _teacher(config, device, amp_dtype) if config.distill_from else None
+    return _Run(config, model, net, optimizer, scheduler, scaler, criterion, device, amp_dtype, d, teacher)
+
+
+def _source_path(source: str) -> Path:
+    """A checkpoint path, or the file of a shipped model name."""
+    return Path(source) if Path(source).is_file() else pretrained_path(source)
+
+
+def _teacher(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None) -> TtaTeacher:
+    """The frozen model of ``distill_from``; it must parse the same classes as the run's."""
+    assert config.distill_from is not None
+    model, teacher_config = model_from_checkpoint(_source_path(config.distill_from), device)
+    spec = config.data.spec()
+    if teacher_config.data.spec().class_names != spec.class_names:
+        raise ValueError(
+            f"distill_from={config.distill_from}: it parses {teacher_config.data.spec().name}, this run {spec.name}"
+        )
+    return TtaTeacher(model, spec, device, amp_dtype)
 
 
 def _open_train_split(config: TrainConfig, num_classes: int) -> ParsingDataset:
@@ -364,7 +383,8 @@ def _train_step(run: _Run, data: dict[str, torch.Tensor], epoch: int, out_dir: P
     buffers = [b.detach().clone() for b in run.model.buffers()]
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         output = run.net(images)
-    terms = run.criterion(output, labels, edges)
+    soft_targets = run.teacher(images) if run.teacher is not None else None
+    terms = run.criterion(output, labels, edges, soft_targets)
     run.optimizer.zero_grad(set_to_none=True)
     fault = _step(terms["total"], run.model, run.optimizer, run.scaler)
     if fault is not None:
