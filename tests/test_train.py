@@ -132,6 +132,10 @@ def test_distillation_trains_towards_the_teacher(synthetic_root: Path, tmp_path:
     for alone in ([f"distill_from={source}"], ["loss.distill=1.0"]):
         with pytest.raises(ConfigError, match="go together"):
             tiny_train_config(synthetic_root, tmp_path / "bad", *alone)
+    other_classes = tiny_train_config(synthetic_root, tmp_path / "bad", "distill_from=agrnet_mbv2_celebamask",
+                                      "loss.distill=1.0")  # fmt: skip
+    with pytest.raises(ValueError, match="it parses celebamask_hq, this run synthetic"):
+        train(other_classes, progress=False)
 
 
 def test_class_balance_weighs_by_the_train_label_frequencies(
