@@ -254,10 +254,11 @@ def check_ranges(config: TrainConfig) -> None:
         raise ConfigError(f"data.repeat_threshold is a share of images in [0, 1], got {config.data.repeat_threshold}")
     if not (math.isfinite(config.optim.lr) and config.optim.lr > 0):
         raise ConfigError(f"optim.lr must be a finite number > 0, got {config.optim.lr}")
-    if bool(config.distill_from) != bool(config.resolved_loss().distill):
+    distill = config.resolved_loss().distill
+    if bool(config.distill_from) != bool(distill):
         raise ConfigError(
             "distill_from (the teacher) and loss.distill (its weight) go together, got "
-            f"distill_from={config.distill_from!r} and loss.distill={config.resolved_loss().distill}"
+            f"distill_from={config.distill_from!r} and loss.distill={distill}"
         )
     if not DEVICE_PATTERN.fullmatch(config.device):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {config.device!r}")

@@ -8,7 +8,6 @@ sees, at no cost at inference.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from agrnet.data.classes import LabelSpec
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.modeling.layers import fold_batchnorm
+from agrnet.modeling.layers import inference_copy
 from agrnet.tta import check_scales, scaled_canvas
 
 # The face parser's best test-time augmentation on val (celebamask_mini_training.md): flip on 3 canvases.
@@ -36,7 +35,7 @@ class TtaTeacher:
         amp_dtype: torch.dtype | None = None,
         scales: Sequence[float] = TEACHER_SCALES,
     ) -> None:
-        self.model = fold_batchnorm(copy.deepcopy(model).eval()).to(device, memory_format=torch.channels_last)
+        self.model = inference_copy(model, device)
         self.model.requires_grad_(False)
         self.flip_perm = flip_permutation(spec, model.num_classes)
         self.amp_dtype, self.scales = amp_dtype, check_scales(scales)

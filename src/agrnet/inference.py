@@ -10,7 +10,6 @@ the image's own size, so label maps always match the input pixel for pixel.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from agrnet.detection.align import MAX_VIEWS
 from agrnet.evaluate import flip_permutation, predict_logits
 from agrnet.images import MAX_SIDE, pil_to_rgb
 from agrnet.modeling.agrnet import AGRNet
-from agrnet.modeling.layers import fold_batchnorm
+from agrnet.modeling.layers import inference_copy
 from agrnet.tta import canvas_labels, check_scales, mean_probabilities, scaled_canvas
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -201,10 +200,7 @@ class Parser:
         self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
         self._detector: MTCNN | None = None
         if model is not None:
-            # An inference copy (the caller's model can go on training): BatchNorm folded into the
-            # convolutions and channels_last, which spares oneDNN and cuDNN a layout reorder per
-            # convolution; together about 20 % off a CPU forward (benchmarks/parse_speed.py).
-            self.model = fold_batchnorm(copy.deepcopy(model).eval()).to(device, memory_format=torch.channels_last)
+            self.model = inference_copy(model, device)
 
     @classmethod
     def from_checkpoint(

@@ -185,7 +185,8 @@ class DistillationLoss(nn.Module):
         targets = targets.float()
         # 0 * log 0 = 0: a class the teacher rules out contributes nothing.
         kl = (targets * (targets.clamp_min(1e-12).log() - logits.float().log_softmax(1))).sum(1)
-        return kl[labels != self.ignore_index].mean() if (labels != self.ignore_index).any() else kl.sum() * 0
+        labelled = labels != self.ignore_index
+        return kl[labelled].mean() if labelled.any() else kl.sum() * 0
 
 
 class AGRNetLoss(nn.Module):

@@ -298,11 +298,9 @@ def _teacher(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
     """The frozen model of ``distill_from``; it must parse the same classes as the run's."""
     assert config.distill_from is not None
     model, teacher_config = model_from_checkpoint(_source_path(config.distill_from), device)
-    spec = config.data.spec()
-    if teacher_config.data.spec().class_names != spec.class_names:
-        raise ValueError(
-            f"distill_from={config.distill_from}: it parses {teacher_config.data.spec().name}, this run {spec.name}"
-        )
+    spec, teacher_spec = config.data.spec(), teacher_config.data.spec()
+    if teacher_spec.class_names != spec.class_names:
+        raise ValueError(f"distill_from={config.distill_from}: it parses {teacher_spec.name}, this run {spec.name}")
     return TtaTeacher(model, spec, device, amp_dtype)
 
 

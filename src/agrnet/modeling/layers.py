@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -46,3 +47,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
                 module._modules[bn_name] = nn.Identity()
     return model
+
+
+def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy for forward passes only (the caller's model can go on training): eval mode, BatchNorm folded
+    into the convolutions and channels_last, which spares oneDNN and cuDNN a layout reorder per convolution;
+    together about 20 % off a CPU forward (benchmarks/parse_speed.py)."""
+    return fold_batchnorm(copy.deepcopy(model).eval()).to(device, memory_format=torch.channels_last)
