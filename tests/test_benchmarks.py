@@ -63,3 +63,40 @@ def test_average_weights_is_the_mean_of_floats_and_keeps_the_last_counters(tmp_p
     atomic_save({"config": {}, "model": {"other": torch.zeros(2)}}, tmp_path / "2.pt")
     with pytest.raises(SystemExit, match="not one architecture"):
         average_checkpoints([paths[0], tmp_path / "2.pt"])
+
+
+def test_recalibrate_bn_recomputes_only_the_batchnorm_statistics_from_training_canvases(tmp_path: Path) -> None:
+    import torch
+    from conftest import tiny_train_config
+
+    from agrnet.checkpoints import load_checkpoint, model_from_checkpoint
+    from agrnet.data.synth import generate
+    from agrnet.train import train
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from recalibrate_bn import image_batches, recalibrate, training_faces
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    generate(tmp_path / "data", 30, 48, seed=1, progress=False)
+    source = train(tiny_train_config(tmp_path / "data", tmp_path / "run", "iterations=1"), progress=False)
+    recalibrated = recalibrate(source, batches=2, batch_size=4, seed=3)
+    before = load_checkpoint(source)["model"]
+    after = recalibrated["model"]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in moved)
+    assert "optimizer" not in recalibrated
+
+    # The first BatchNorm sees the same tensor in any mode: its statistics must be those of its inputs on the
+    # same 2 x 4 training canvases (mean of the per-batch means and of the per-batch unbiased variances).
+    model, config = model_from_checkpoint(source)
+    name, first_bn = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs: list[torch.Tensor] = []
+    first_bn.register_forward_hook(lambda module, args, output: inputs.append(args[0].detach()))
+    with torch.no_grad():
+        for images in image_batches(training_faces(config, 3), 2, 4, 3):
+            model.eval()(images)
+    means = torch.stack([x.mean((0, 2, 3)) for x in inputs]).mean(0)
+    variances = torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in inputs]).mean(0)
+    torch.testing.assert_close(after[f"{name}.running_mean"], means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after[f"{name}.running_var"], variances, rtol=1e-4, atol=1e-5)
