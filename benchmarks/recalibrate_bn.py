@@ -24,16 +24,12 @@ from agrnet.checkpoints import atomic_save, load_checkpoint, model_from_checkpoi
 from agrnet.config import TrainConfig
 from agrnet.data.datasets import ParsingDataset, open_split
 from agrnet.data.sampling import EpochSampler
-from agrnet.data.transforms import Augmentation
 
 
 def training_faces(config: TrainConfig, seed: int) -> ParsingDataset:
     """The train split as the checkpoint's run saw it (its augmentation), keys seeded by ``seed``."""
     data = config.data
-    augmentation = Augmentation(
-        data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade, data.surround
-    )
-    return open_split(data.kind, data.root, "train", data.canvas, augmentation, seed, data.classes)
+    return open_split(data.kind, data.root, "train", data.canvas, data.augmentation(), seed, data.classes)
 
 
 def image_batches(dataset: ParsingDataset, batches: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:

@@ -21,7 +21,7 @@ import yaml
 from agrnet.build import ABLATIONS, ModelConfig, ablation
 from agrnet.data.classes import LabelSpec
 from agrnet.data.datasets import label_spec
-from agrnet.data.transforms import AugmentMode, Border
+from agrnet.data.transforms import Augmentation, AugmentMode, Border
 from agrnet.losses import LossWeights
 
 
@@ -60,6 +60,10 @@ class DataConfig:
 
     def spec(self) -> LabelSpec:
         return label_spec(self.kind, self.classes)
+
+    def augmentation(self) -> Augmentation:
+        """The training augmentation these settings describe."""
+        return Augmentation(self.augment, self.flip, (self.scale_min, self.scale_max), self.degrade, self.surround)
 
     @property
     def canvas(self) -> tuple[int, int]:

@@ -34,7 +34,6 @@ from agrnet.checkpoints import atomic_save, load_checkpoint, model_from_checkpoi
 from agrnet.config import OptimConfig, TrainConfig, from_dict, to_dict
 from agrnet.data.datasets import DatasetError, ParsingDataset, Split, class_counts, open_split, pixel_frequencies
 from agrnet.data.sampling import EpochSampler, repeat_factors
-from agrnet.data.transforms import Augmentation
 from agrnet.devices import resolve_device
 from agrnet.distill import TtaTeacher
 from agrnet.evaluate import evaluate_dataset
@@ -306,10 +305,7 @@ def _teacher(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
 
 def _open_train_split(config: TrainConfig, num_classes: int) -> ParsingDataset:
     data = config.data
-    augmentation = Augmentation(
-        data.augment, data.flip, (data.scale_min, data.scale_max), data.degrade, data.surround
-    )
-    train_set = open_split(data.kind, data.root, "train", data.canvas, augmentation, config.seed, data.classes)
+    train_set = open_split(data.kind, data.root, "train", data.canvas, data.augmentation(), config.seed, data.classes)
     if train_set.spec.num_classes != num_classes:
         raise ValueError(f"model.num_classes={num_classes} but {data.kind} has {train_set.spec.num_classes} classes")
     return train_set
