@@ -28,8 +28,12 @@ def average_checkpoints(paths: list[Path]) -> dict[str, object]:
             averaged[name] = torch.stack([m[name].float() for m in models]).mean(0).to(last.dtype)
         else:
             averaged[name] = last
-    keep = {k: v for k, v in states[-1].items() if k not in ("optimizer", "scheduler", "scaler")}
-    return {**keep, "model": averaged, "averaged_from": [str(p) for p in paths]}
+    return {**without_training_state(states[-1]), "model": averaged, "averaged_from": [str(p) for p in paths]}
+
+
+def without_training_state(state: dict[str, object]) -> dict[str, object]:
+    """A checkpoint without what only resuming needs (optimizer, scheduler, scaler)."""
+    return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler")}
 
 
 def main() -> None:

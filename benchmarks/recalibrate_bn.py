@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from average_weights import without_training_state
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
@@ -45,11 +46,9 @@ def recalibrate(path: Path, batches: int, batch_size: int, seed: int) -> dict[st
     dataset = training_faces(config, seed)
     if batches * batch_size > len(dataset):
         raise SystemExit(f"{batches} x {batch_size} faces asked, the train split has {len(dataset)}")
-    torch.manual_seed(seed)
     update_bn(image_batches(dataset, batches, batch_size, seed), model)
-    state = load_checkpoint(path)
-    keep = {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "scaler")}
-    return {**keep, "model": model.state_dict(), "bn_recalibrated": {"batches": batches, "batch_size": batch_size}}
+    state = without_training_state(load_checkpoint(path))
+    return {**state, "model": model.state_dict(), "bn_recalibrated": {"batches": batches, "batch_size": batch_size}}
 
 
 def main() -> None:

@@ -93,9 +93,10 @@ def test_recalibrate_bn_recomputes_only_the_batchnorm_statistics_from_training_c
     name, first_bn = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
     inputs: list[torch.Tensor] = []
     first_bn.register_forward_hook(lambda module, args, output: inputs.append(args[0].detach()))
+    model.eval()
     with torch.no_grad():
         for images in image_batches(training_faces(config, 3), 2, 4, 3):
-            model.eval()(images)
+            model(images)
     means = torch.stack([x.mean((0, 2, 3)) for x in inputs]).mean(0)
     variances = torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in inputs]).mean(0)
     torch.testing.assert_close(after[f"{name}.running_mean"], means, rtol=1e-4, atol=1e-5)
